@@ -1,0 +1,396 @@
+"""The scribe-reward wire schema, API version 1.
+
+This module is the single definition of what crosses the wire between a trainer and the
+service. It imports pydantic and the standard library only, so a trainer node can use it
+without torch, FAISS or a web framework.
+
+Two rules shape every response model:
+
+* A number that cannot be computed is ``null``, never ``0``. A judge failure is reported as
+  a step with ``status: "failed"`` and an ``error``; it never becomes a low reward.
+* Every accepted request yields one result per step, in trajectory order, so a caller can
+  always line the results up with what it sent.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+__all__ = [
+    "API_VERSION",
+    "AssistantMessage",
+    "BatchScoreRequest",
+    "BatchScoreResponse",
+    "ChatMessage",
+    "ErrorDetail",
+    "ErrorResponse",
+    "FailureModeInfo",
+    "FunctionCall",
+    "HealthResponse",
+    "PrototypeDetail",
+    "PrototypeList",
+    "PrototypeSummary",
+    "ReadyResponse",
+    "RouteRequest",
+    "RouteResponse",
+    "ScoreOptions",
+    "ScoreRequest",
+    "ScoreResponse",
+    "StepError",
+    "StepInput",
+    "StepResult",
+    "StepRoute",
+    "SystemMessage",
+    "TextPart",
+    "ToolCall",
+    "ToolMessage",
+    "UserMessage",
+    "content_text",
+]
+
+API_VERSION = 1
+
+Aggregation = Literal["mean", "min", "last", "sum"]
+StepStatus = Literal["ok", "failed"]
+ScoreStatus = Literal["ok", "partial", "failed"]
+
+
+class _Wire(BaseModel):
+    """Strict base: an unknown field is a client mistake worth a 422, not something to drop."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class _Response(BaseModel):
+    """Responses ignore unknown fields, so a newer server can add one without breaking
+    deployed clients."""
+
+    model_config = ConfigDict(extra="ignore")
+
+
+class _Lenient(BaseModel):
+    """OpenAI message objects carry vendor extras (``reasoning_content``, ``refusal``…)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+
+# --- chat messages (the OpenAI chat-completions shape) -------------------------------------
+
+
+class TextPart(_Lenient):
+    """One text part of a multi-part message content."""
+
+    type: Literal["text"] = "text"
+    text: str
+
+
+Content = str | list[TextPart] | None
+
+
+class FunctionCall(_Lenient):
+    name: str = Field(min_length=1, description="Name of the tool the assistant called.")
+    arguments: str = Field(
+        default="{}",
+        description="Arguments as a JSON string, as OpenAI sends them. An object is accepted "
+        "and serialised.",
+    )
+
+    @field_validator("arguments", mode="before")
+    @classmethod
+    def _serialise_object(cls, value: Any) -> Any:
+        if isinstance(value, dict | list):
+            return json.dumps(value, ensure_ascii=False)
+        return value
+
+
+class ToolCall(_Lenient):
+    id: str = Field(description="Call id; a later tool message answers it by `tool_call_id`.")
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class SystemMessage(_Lenient):
+    role: Literal["system", "developer"]
+    content: Content = None
+
+
+class UserMessage(_Lenient):
+    role: Literal["user"]
+    content: Content = None
+
+
+class AssistantMessage(_Lenient):
+    role: Literal["assistant"]
+    content: Content = None
+    tool_calls: list[ToolCall] | None = None
+
+
+class ToolMessage(_Lenient):
+    role: Literal["tool"]
+    content: Content = None
+    tool_call_id: str = Field(description="The id of the assistant tool call this answers.")
+    name: str | None = None
+
+
+ChatMessage = Annotated[
+    SystemMessage | UserMessage | AssistantMessage | ToolMessage,
+    Field(discriminator="role"),
+]
+
+
+def content_text(content: Content) -> str:
+    """The plain text of a message content (parts joined with newlines)."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    return "\n".join(part.text for part in content)
+
+
+# --- requests ------------------------------------------------------------------------------
+
+
+class StepInput(_Wire):
+    """A step the caller has already segmented."""
+
+    subgoal: str | None = Field(
+        default=None,
+        description="The mid-level subgoal this step pursues. When null, it is derived from "
+        "the content.",
+    )
+    content: str = Field(min_length=1, description="The step's text, verbatim.")
+
+
+class ScoreOptions(_Wire):
+    """How step scores become the scalars. Defaults follow the SCRIBE paper."""
+
+    aggregation: Aggregation = Field(
+        default="mean",
+        description="How step rewards collapse into `process_reward`: mean, min, last or sum.",
+    )
+    outcome_weight: float = Field(
+        default=0.7, ge=0.0, description="Weight of `outcome` in `reward` when it is given."
+    )
+    process_weight: float = Field(
+        default=0.3, ge=0.0, description="Weight of `process_reward` in `reward`."
+    )
+    min_similarity: float | None = Field(
+        default=None,
+        ge=-1.0,
+        le=1.0,
+        description="Cosine similarity below which a step is judged with the generic fallback "
+        "rubric. Null uses the server's setting.",
+    )
+
+    @model_validator(mode="after")
+    def _some_weight(self) -> ScoreOptions:
+        if self.outcome_weight == 0.0 and self.process_weight == 0.0:
+            raise ValueError("outcome_weight and process_weight cannot both be 0")
+        return self
+
+
+class _Trajectory(_Wire):
+    """Exactly one of `messages`, `completion` or `steps` carries the trajectory."""
+
+    messages: list[ChatMessage] | None = Field(
+        default=None,
+        description="An OpenAI chat transcript. Each assistant message is one step; tool "
+        "messages answering its calls are kept as that step's observations.",
+    )
+    tools: list[dict[str, Any]] | None = Field(
+        default=None, description="OpenAI tool schemas available to the agent (with `messages`)."
+    )
+    completion: str | None = Field(
+        default=None,
+        description="One reasoning text. Split on <subgoal> markers, 'Step N:' headers or "
+        "numbered lines when present, else on paragraphs.",
+    )
+    prompt: str | None = Field(default=None, description="The task the completion or steps answer.")
+    steps: list[StepInput] | None = Field(
+        default=None, description="A trajectory already split into steps."
+    )
+
+    @model_validator(mode="after")
+    def _exactly_one_form(self) -> _Trajectory:
+        given = [
+            name for name in ("messages", "completion", "steps") if getattr(self, name) is not None
+        ]
+        if len(given) != 1:
+            raise ValueError(
+                "give exactly one of `messages`, `completion` or `steps`"
+                + (f" (got {', '.join(given)})" if given else "")
+            )
+        if self.tools is not None and self.messages is None:
+            raise ValueError("`tools` only goes with `messages`")
+        if self.prompt is not None and self.messages is not None:
+            raise ValueError("`prompt` goes with `completion` or `steps`; put it in `messages`")
+        if self.messages is not None and not any(
+            isinstance(m, AssistantMessage) for m in self.messages
+        ):
+            raise ValueError("`messages` holds no assistant message to score")
+        if self.completion is not None and not self.completion.strip():
+            raise ValueError("`completion` is empty")
+        if self.steps is not None and not self.steps:
+            raise ValueError("`steps` is empty")
+        return self
+
+
+class ScoreRequest(_Trajectory):
+    """Score one trajectory: segment, route each step to a skill prototype, judge, aggregate."""
+
+    request_id: str | None = Field(
+        default=None, max_length=200, description="Echoed back; generated when absent."
+    )
+    outcome: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=1.0,
+        description="The outcome reward (e.g. final-answer correctness) in [0, 1]. When given, "
+        "`reward` mixes it with the process reward.",
+    )
+    options: ScoreOptions = Field(default_factory=ScoreOptions)
+
+
+class RouteRequest(_Trajectory):
+    """Segment a trajectory and route its steps, without judging."""
+
+    request_id: str | None = Field(default=None, max_length=200)
+    min_similarity: float | None = Field(default=None, ge=-1.0, le=1.0)
+
+
+class BatchScoreRequest(_Wire):
+    """Several trajectories scored together, e.g. one GRPO group."""
+
+    requests: list[ScoreRequest] = Field(min_length=1)
+
+
+# --- responses -----------------------------------------------------------------------------
+
+
+class StepRoute(_Response):
+    """Where a step sits in the trajectory and which skill prototype it was routed to."""
+
+    index: int = Field(description="0-based position of the step in the trajectory.")
+    message_index: int | None = Field(
+        default=None, description="Index into `messages` of the assistant message (messages only)."
+    )
+    char_span: tuple[int, int] | None = Field(
+        default=None,
+        description="[start, end) character offsets into `completion` (completion only).",
+    )
+    subgoal: str = Field(description="The subgoal used for routing.")
+    subgoal_source: Literal["given", "marker", "derived"] = Field(
+        description="given: from `steps`; marker: written by the policy; derived: from the text."
+    )
+    prototype_id: str = Field(description="The prototype whose rubric applies.")
+    similarity: float = Field(
+        description="Cosine similarity between the subgoal and the nearest prototype exemplar."
+    )
+    fallback: bool = Field(
+        description="True when similarity was below the threshold and the generic rubric applies."
+    )
+
+
+class StepError(_Response):
+    type: str = Field(
+        description="Error class: judge_unavailable, judge_timeout, judge_http, "
+        "judge_invalid_output, or internal."
+    )
+    message: str
+
+
+class StepResult(StepRoute):
+    """A routed step with the judge's verdict, or the error that prevented one."""
+
+    score: int | None = Field(
+        default=None, ge=0, le=3, description="Rubric level 0-3; null when the step failed."
+    )
+    reward: float | None = Field(default=None, description="score / 3; null when the step failed.")
+    failure_modes: list[str] = Field(
+        default_factory=list, description="Ids of the prototype's failure modes the judge found."
+    )
+    rationale: str | None = None
+    status: StepStatus
+    error: StepError | None = None
+
+
+class ScoreResponse(_Response):
+    request_id: str
+    status: ScoreStatus = Field(
+        description="ok: every step judged; partial: some failed (scalars use the judged steps); "
+        "failed: none judged (scalars that need steps are null)."
+    )
+    reward: float | None = Field(
+        description="outcome_weight*outcome + process_weight*process_reward when an outcome was "
+        "given, else process_reward; null when it cannot be computed."
+    )
+    process_reward: float | None
+    outcome_reward: float | None
+    steps: list[StepResult]
+    library_version: str
+    judge_model: str
+
+
+class BatchScoreResponse(_Response):
+    results: list[ScoreResponse] = Field(description="One result per request, in order.")
+
+
+class RouteResponse(_Response):
+    request_id: str
+    steps: list[StepRoute]
+    library_version: str
+
+
+class FailureModeInfo(_Response):
+    id: str
+    description: str
+    max_score: int = Field(ge=0, le=3, description="The highest score a step with it can get.")
+
+
+class PrototypeSummary(_Response):
+    id: str
+    name: str
+    domain: str
+    usage_context: str
+
+
+class PrototypeDetail(PrototypeSummary):
+    reasoning_pattern: str
+    levels: dict[str, str] = Field(description="Descriptor for each score level '0'..'3'.")
+    failure_modes: list[FailureModeInfo]
+    exemplars: list[str]
+
+
+class PrototypeList(_Response):
+    library_version: str
+    prototypes: list[PrototypeSummary]
+
+
+class HealthResponse(_Response):
+    status: Literal["ok"] = "ok"
+
+
+class ReadyResponse(_Response):
+    ready: bool
+    library_version: str | None = None
+    prototypes: int = 0
+    judge_model: str | None = None
+    checks: dict[str, bool] = Field(default_factory=dict)
+    detail: str | None = None
+
+
+class ErrorDetail(_Response):
+    type: str = Field(description="Machine-readable class, e.g. invalid_request, not_found.")
+    message: str
+    param: str | None = Field(
+        default=None, description="The request field at fault, e.g. `messages[2].tool_call_id`."
+    )
+
+
+class ErrorResponse(_Response):
+    """The one error shape every route uses."""
+
+    error: ErrorDetail

@@ -1,0 +1,1 @@
+"""scribe-reward service: FastAPI app, pipeline stages and CLI."""

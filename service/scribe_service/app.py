@@ -1,0 +1,130 @@
+"""The app factory. Nothing heavy happens at import: models, index and judge load once, in
+the lifespan, and live on `app.state.pipeline` for the routes to use."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from scribe_client.protocol import API_VERSION
+from scribe_service.bundled import ensure_judge_model
+from scribe_service.errors import install_error_handlers
+from scribe_service.library import load_library
+from scribe_service.pipeline.embed import Embedder, SentenceTransformerEmbedder
+from scribe_service.pipeline.judge import EmbeddedJudge, Judge, JudgeBackend, OpenAIJudge, Sampling
+from scribe_service.pipeline.retrieve import PrototypeIndex
+from scribe_service.pipeline.run import Pipeline
+from scribe_service.routes import router
+from scribe_service.settings import EMBEDDED_JUDGE_MODEL, Settings
+
+log = logging.getLogger(__name__)
+
+
+def make_judge_backend(settings: Settings) -> JudgeBackend:
+    if settings.judge_url is not None:
+        return OpenAIJudge(
+            settings.judge_url,
+            model=settings.judge_model,
+            api_key=settings.judge_api_key,
+            dialect=settings.judge_dialect,
+            timeout=settings.judge_timeout,
+        )
+    path = settings.judge_model_path or ensure_judge_model(settings.cache_dir)
+    return EmbeddedJudge(
+        path,
+        model=settings.judge_model or EMBEDDED_JUDGE_MODEL,
+        n_ctx=settings.embedded_n_ctx,
+        n_threads=settings.embedded_threads,
+    )
+
+
+async def build_pipeline(
+    settings: Settings,
+    *,
+    embedder: Embedder | None = None,
+    judge_backend: JudgeBackend | None = None,
+    with_judge: bool = True,
+) -> Pipeline:
+    """Load everything the pipeline needs; the injected parts replace the configured ones.
+
+    Without a judge (`with_judge=False`) the pipeline can route but every judged step fails.
+    """
+    library = load_library(settings.prototypes_dir)
+    if embedder is None:
+        embedder = await asyncio.to_thread(
+            SentenceTransformerEmbedder,
+            settings.embedding_model,
+            batch_size=settings.embedding_batch_size,
+        )
+    index = await asyncio.to_thread(PrototypeIndex, library, embedder, top_k=settings.top_k)
+    if judge_backend is None and with_judge:
+        judge_backend = await asyncio.to_thread(make_judge_backend, settings)
+    judge = (
+        None
+        if judge_backend is None
+        else Judge(
+            judge_backend,
+            # One llama.cpp model instance runs one completion at a time anyway.
+            concurrency=1
+            if isinstance(judge_backend, EmbeddedJudge)
+            else settings.judge_concurrency,
+            timeout=settings.judge_timeout,
+            max_attempts=settings.judge_max_attempts,
+            sampling=Sampling(
+                temperature=settings.judge_temperature,
+                max_tokens=settings.judge_max_tokens,
+                seed=settings.judge_seed,
+            ),
+        )
+    )
+    log.info(
+        "library %s: %d prototypes, %d exemplars indexed; judge %s",
+        library.version,
+        len(library.prototypes),
+        index.size,
+        judge_backend.model if judge_backend else "(none)",
+    )
+    return Pipeline(
+        library=library,
+        embedder=embedder,
+        index=index,
+        judge=judge,
+        min_similarity=settings.min_similarity,
+        max_step_chars=settings.max_step_chars,
+        max_context_chars=settings.max_context_chars,
+    )
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    embedder: Embedder | None = None,
+    judge_backend: JudgeBackend | None = None,
+) -> FastAPI:
+    """Build the service. `embedder` and `judge_backend` replace the configured ones (tests)."""
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        pipeline = await build_pipeline(settings, embedder=embedder, judge_backend=judge_backend)
+        app.state.pipeline = pipeline
+        try:
+            yield
+        finally:
+            if pipeline.judge is not None:
+                await pipeline.judge.backend.aclose()
+
+    app = FastAPI(
+        title="scribe-reward",
+        version=f"{API_VERSION}.0",
+        summary="SCRIBE skill-conditioned process rewards for tool-using LLM trajectories.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    install_error_handlers(app)
+    app.include_router(router)
+    return app

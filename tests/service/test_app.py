@@ -1,0 +1,206 @@
+"""The real app (routes, validation, pipeline, FAISS) with the embedder and judge faked."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from scribe_client.protocol import ErrorResponse, ReadyResponse, RouteResponse, ScoreResponse
+from scribe_service.app import create_app
+from scribe_service.pipeline.judge import JudgeUnavailable
+from scribe_service.settings import Settings
+from support import FakeEmbedder, FakeJudge
+
+MESSAGES = [
+    {"role": "user", "content": "Who directed Alien?"},
+    {
+        "role": "assistant",
+        "content": "I need to search for the director of the film.",
+        "tool_calls": [
+            {"id": "c1", "type": "function", "function": {"name": "search", "arguments": "{}"}}
+        ],
+    },
+    {"role": "tool", "tool_call_id": "c1", "content": "Alien (1979) was directed by Ridley Scott."},
+    {"role": "assistant", "content": "<answer>Ridley Scott</answer>"},
+]
+
+
+@pytest.fixture
+def client(settings: Settings, fake_judge: FakeJudge) -> Iterator[TestClient]:
+    app = create_app(settings, embedder=FakeEmbedder(), judge_backend=fake_judge)
+    with TestClient(app) as client:
+        yield client
+
+
+def _score(client: TestClient, payload: dict[str, Any]) -> ScoreResponse:
+    response = client.post("/v1/score", json=payload)
+    assert response.status_code == 200, response.text
+    return ScoreResponse.model_validate(response.json())
+
+
+def test_score_messages(client: TestClient, fake_judge: FakeJudge) -> None:
+    result = _score(client, {"messages": MESSAGES, "request_id": "r1"})
+    assert result.request_id == "r1"
+    assert result.status == "ok"
+    assert [s.message_index for s in result.steps] == [1, 3]
+    assert all(s.score == 2 and s.reward == pytest.approx(2 / 3) for s in result.steps)
+    assert result.process_reward == pytest.approx(2 / 3)
+    assert result.reward == result.process_reward and result.outcome_reward is None
+    assert result.judge_model == "fake-judge" and result.library_version
+    assert len(fake_judge.prompts) == 2
+
+
+def test_outcome_mix_and_options(client: TestClient) -> None:
+    result = _score(
+        client,
+        {
+            "completion": "Step 1: Add\n1+1=2\nStep 2: Check\n2-1=1",
+            "outcome": 1.0,
+            "options": {"aggregation": "min", "outcome_weight": 0.5, "process_weight": 0.5},
+        },
+    )
+    assert result.outcome_reward == 1.0
+    assert result.reward == pytest.approx(0.5 + 0.5 * 2 / 3)
+    assert [s.char_span for s in result.steps] == [(0, 17), (18, 37)]
+    assert len(result.request_id) == 32  # generated
+
+
+def test_min_similarity_option_forces_the_fallback(client: TestClient) -> None:
+    result = _score(client, {"steps": [{"content": "x"}], "options": {"min_similarity": 1.0}})
+    assert result.steps[0].fallback and result.steps[0].prototype_id == "generic_step"
+
+
+def test_batch_keeps_order(client: TestClient) -> None:
+    requests = [{"completion": f"Let's do part {i}.", "request_id": str(i)} for i in range(5)]
+    response = client.post("/v1/score/batch", json={"requests": requests})
+    assert response.status_code == 200
+    assert [r["request_id"] for r in response.json()["results"]] == ["0", "1", "2", "3", "4"]
+
+
+def test_route_does_not_judge(client: TestClient, fake_judge: FakeJudge) -> None:
+    response = client.post("/v1/route", json={"messages": MESSAGES})
+    assert response.status_code == 200
+    routed = RouteResponse.model_validate(response.json())
+    assert [s.message_index for s in routed.steps] == [1, 3]
+    assert "score" not in response.json()["steps"][0]
+    assert fake_judge.prompts == []
+
+
+def test_judge_failures_are_explicit_never_zero(settings: Settings) -> None:
+    judge = FakeJudge(replies=["nonsense"] * 3 + [JudgeUnavailable("down")] * 3)
+    app = create_app(settings, embedder=FakeEmbedder(), judge_backend=judge)
+    settings.judge_max_attempts = 3
+    with TestClient(app) as client:
+        result = _score(client, {"steps": [{"content": "a"}], "outcome": 1.0})
+        assert result.status == "failed"
+        [step] = result.steps
+        assert step.status == "failed" and step.score is None and step.reward is None
+        assert step.error is not None and step.error.type == "judge_invalid_output"
+        assert result.process_reward is None and result.reward is None
+        assert result.outcome_reward == 1.0
+
+        result = _score(client, {"steps": [{"content": "a"}]})
+        assert result.steps[0].error is not None
+        assert result.steps[0].error.type == "judge_unavailable"
+
+
+def test_partial_when_some_steps_fail(settings: Settings) -> None:
+    judge = FakeJudge(replies=['{"failure_modes": [], "rationale": "", "score": 3}', "x", "x", "x"])
+    settings.judge_max_attempts = 3
+    settings.judge_concurrency = 1
+    with TestClient(create_app(settings, embedder=FakeEmbedder(), judge_backend=judge)) as client:
+        result = _score(client, {"steps": [{"content": "a"}, {"content": "b"}]})
+    assert result.status == "partial"
+    assert [s.status for s in result.steps] == ["ok", "failed"]
+    assert result.process_reward == 1.0
+
+
+@pytest.mark.parametrize(
+    ("payload", "param", "fragment"),
+    [
+        pytest.param({}, None, "exactly one of", id="no-trajectory"),
+        pytest.param(
+            {"completion": "a", "steps": [{"content": "b"}]}, None, "exactly one", id="two-forms"
+        ),
+        pytest.param({"completion": "   "}, None, "empty", id="blank-completion"),
+        pytest.param(
+            {"messages": [{"role": "user", "content": "hi"}]}, None, "no assistant", id="no-steps"
+        ),
+        pytest.param(
+            {"messages": [{"role": "robot", "content": "hi"}]}, "messages[0]", "", id="bad-role"
+        ),
+        pytest.param(
+            {"messages": [{"role": "assistant"}, {"role": "tool", "content": "x"}]},
+            "messages[1].tool_call_id",
+            "Field required",
+            id="tool-without-call-id",
+        ),
+        pytest.param({"completion": "a", "outcome": 1.5}, "outcome", "less than", id="outcome"),
+        pytest.param(
+            {"completion": "a", "options": {"aggregation": "max"}},
+            "options.aggregation",
+            "",
+            id="aggregation",
+        ),
+        pytest.param({"completion": "a", "outcom": 1}, "outcom", "Extra", id="unknown-field"),
+        pytest.param({"steps": [{"content": ""}]}, "steps[0].content", "", id="empty-step"),
+    ],
+)
+def test_bad_input_is_a_422_naming_the_field(
+    client: TestClient, payload: dict[str, Any], param: str | None, fragment: str
+) -> None:
+    response = client.post("/v1/score", json=payload)
+    assert response.status_code == 422
+    error = ErrorResponse.model_validate(response.json()).error
+    assert error.type == "invalid_request"
+    assert error.param == param
+    assert fragment in error.message
+    if param:
+        assert error.message.startswith(param)
+
+
+def test_malformed_json_body(client: TestClient) -> None:
+    response = client.post(
+        "/v1/score", content=b"{not json", headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 422
+    assert ErrorResponse.model_validate(response.json()).error.type == "invalid_request"
+
+
+def test_prototypes(client: TestClient) -> None:
+    listing = client.get("/v1/prototypes").json()
+    ids = [p["id"] for p in listing["prototypes"]]
+    assert "generic_step" in ids and len(ids) >= 25
+    detail = client.get(f"/v1/prototypes/{ids[0]}").json()
+    assert set(detail["levels"]) == {"0", "1", "2", "3"}
+    missing = client.get("/v1/prototypes/nope")
+    assert missing.status_code == 404
+    assert missing.json()["error"]["type"] == "not_found"
+
+
+def test_health_and_readiness(client: TestClient, fake_judge: FakeJudge) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200
+    body = ReadyResponse.model_validate(ready.json())
+    assert body.ready and body.checks == {"library": True, "index": True, "judge": True}
+    fake_judge.healthy = False
+    not_ready = client.get("/readyz")
+    assert not_ready.status_code == 503
+    assert ReadyResponse.model_validate(not_ready.json()).checks["judge"] is False
+
+
+def test_unknown_route_uses_the_error_shape(client: TestClient) -> None:
+    response = client.get("/v2/nothing")
+    assert response.status_code == 404
+    assert ErrorResponse.model_validate(response.json()).error.type == "not_found"
+
+
+def test_openapi_documents_the_schema(client: TestClient) -> None:
+    spec = client.get("/openapi.json").json()
+    assert {"/v1/score", "/v1/score/batch", "/v1/route", "/readyz"} <= set(spec["paths"])
+    step = spec["components"]["schemas"]["StepResult"]["properties"]
+    assert "null" in str(step["reward"]) and step["reward"].get("description")
