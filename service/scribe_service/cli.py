@@ -21,6 +21,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from scribe_client.protocol import RouteRequest, RouteResponse, ScoreRequest, ScoreResponse
+from scribe_service.library import LibraryError, load_library
 from scribe_service.settings import Settings
 
 console = Console()
@@ -158,12 +159,11 @@ async def _route_text(args: argparse.Namespace) -> int:
 
 
 def _prototypes(_: argparse.Namespace) -> int:
-    from scribe_service.library import load_library
-
     library = load_library(Settings().prototypes_dir)
     table = Table(title=f"library {library.version}", title_justify="left")
-    for column in ("id", "domain", "name", "exemplars", "failure modes"):
-        table.add_column(column)
+    table.add_column("id", no_wrap=True)
+    for column in ("domain", "name", "exemplars", "failure modes"):
+        table.add_column(column, overflow="fold")
     for p in library.prototypes.values():
         name = p.name + (" (fallback)" if p.fallback else "")
         table.add_row(p.id, p.domain, name, str(len(p.exemplars)), str(len(p.failure_modes)))
@@ -219,7 +219,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         code: int = args.run(args)
-    except (ValidationError, ValueError, OSError) as exc:
+    except (ValidationError, ValueError, OSError, LibraryError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         return 2
     return code

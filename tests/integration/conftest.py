@@ -39,6 +39,8 @@ def llama_server(judge_gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> 
             "--model", str(judge_gguf), "--model_alias", "bundled-judge",
             "--host", "127.0.0.1", "--port", str(port),
             "--n_ctx", "4096", "--n_threads", str(os.cpu_count() or 2),
+            # Reuse evaluated prompt prefixes (system prompt, rubric) across requests.
+            "--cache", "true", "--cache_type", "ram",
         ],
         stdout=log,
         stderr=subprocess.STDOUT,

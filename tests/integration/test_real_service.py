@@ -30,9 +30,14 @@ def router_client(minilm: SentenceTransformerEmbedder) -> Iterator[TestClient]:
         yield client
 
 
+# Judging costs tens of seconds a step on a 2-core CPU: keep the prompts short in tests,
+# and wait for a verdict rather than time out (a timed-out call keeps the server busy).
+PROMPT_BUDGET = {"max_step_chars": 800, "max_context_chars": 600, "judge_timeout": 900.0}
+
+
 @pytest.fixture(scope="module")
 def embedded_client(minilm: SentenceTransformerEmbedder, judge_gguf: Path) -> Iterator[TestClient]:
-    settings = Settings(prototypes_dir=PROTOTYPES, judge_model_path=judge_gguf)
+    settings = Settings(prototypes_dir=PROTOTYPES, judge_model_path=judge_gguf, **PROMPT_BUDGET)
     with TestClient(create_app(settings, embedder=minilm)) as client:
         yield client
 
@@ -102,7 +107,8 @@ def _check_scored(result: ScoreResponse, steps: int) -> None:
 
 
 def _short_hotpot(records: list[dict[str, Any]]) -> dict[str, Any]:
-    record = min(records, key=lambda r: sum(len(str(m.get("content"))) for m in r["messages"]))
+    two_steps = [r for r in records if sum(m["role"] == "assistant" for m in r["messages"]) == 2]
+    record = min(two_steps, key=lambda r: sum(len(str(m.get("content"))) for m in r["messages"]))
     return {"messages": record["messages"], "tools": record.get("tools"), "outcome": 1.0}
 
 
@@ -120,29 +126,28 @@ def test_score_with_the_embedded_judge(
     assert ready["ready"] and ready["checks"]["judge"]
 
 
-def test_score_math_completion_with_the_embedded_judge(embedded_client: TestClient) -> None:
-    payload = {
-        "prompt": "Joey loses 8 pounds in 4 weeks. How many pounds does he lose per week?",
-        "completion": "Step 1: Compute Joey's weekly rate\n8 / 4 = 2 pounds per week.\n"
-        "Step 2: State the answer\nJoey loses \\boxed{2} pounds per week.",
-    }
-    response = embedded_client.post("/v1/score", json=payload)
-    _check_scored(ScoreResponse.model_validate(response.json()), 2)
-
-
 def test_score_with_llama_cpp_server_judge(
-    llama_server: str, minilm: SentenceTransformerEmbedder, hotpot_records: list[dict[str, Any]]
+    llama_server: str, minilm: SentenceTransformerEmbedder
 ) -> None:
     settings = Settings(
-        prototypes_dir=PROTOTYPES, judge_url=llama_server, judge_dialect="json_object"
+        prototypes_dir=PROTOTYPES,
+        judge_url=llama_server,
+        judge_dialect="json_object",
+        judge_concurrency=1,  # llama.cpp's server runs one completion at a time
+        **PROMPT_BUDGET,
     )
+    payload = {
+        "prompt": "Joey loses 8 pounds in 4 weeks. How many pounds does he lose per week?",
+        "completion": "Step 1: Compute the weekly rate\n8 / 4 = 2.\n"
+        "Step 2: State the answer\nJoey loses \\boxed{2} pounds per week.",
+    }
     with TestClient(create_app(settings, embedder=minilm)) as client:
         assert client.get("/readyz").status_code == 200
-        payload = _short_hotpot(hotpot_records)
         response = client.post("/v1/score", json=payload)
-        result = ScoreResponse.model_validate(response.json())
-    _check_scored(result, sum(m["role"] == "assistant" for m in payload["messages"]))
+    result = ScoreResponse.model_validate(response.json())
+    _check_scored(result, 2)
     assert result.judge_model == "bundled-judge"
+    assert [s.subgoal for s in result.steps] == ["Compute the weekly rate", "State the answer"]
 
 
 def test_unreachable_judge_fails_steps_explicitly(minilm: SentenceTransformerEmbedder) -> None:

@@ -3,6 +3,7 @@ and the Python client over HTTP."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -12,9 +13,13 @@ from pathlib import Path
 import pytest
 
 from scribe_client import RewardClient
+from scribe_client.protocol import ScoreResponse
+from scribe_service.cli import main
 from support import PROTOTYPES, free_port, stop, wait_for
 
 pytestmark = pytest.mark.real
+
+COMPLETION = "First, compute 3 * 4 = 12, then add 1: the answer is 13."
 
 
 @pytest.fixture(scope="module")
@@ -25,6 +30,8 @@ def served(judge_gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         "SCRIBE_PORT": str(port),
         "SCRIBE_PROTOTYPES_DIR": str(PROTOTYPES),
         "SCRIBE_CACHE_DIR": str(judge_gguf.parent),
+        "SCRIBE_MAX_STEP_CHARS": "800",
+        "SCRIBE_MAX_CONTEXT_CHARS": "600",
     }
     log = (tmp_path_factory.mktemp("serve") / "serve.log").open("wb")
     process = subprocess.Popen(
@@ -46,15 +53,36 @@ def test_serve_is_ready_and_scores_over_http(served: str) -> None:
         result = client.score(
             {
                 "prompt": "What is 3 * 4 + 1?",
-                "completion": "First, compute 3 * 4 = 12.\n\nThen add 1 to get \\boxed{13}.",
+                "completion": COMPLETION,
                 "outcome": 1.0,
             }
         )
     assert result.status == "ok"
-    assert [s.char_span for s in result.steps] == [(0, 26), (28, 58)]
+    assert [s.char_span for s in result.steps] == [(0, len(COMPLETION))]
     assert all(s.score in (0, 1, 2, 3) for s in result.steps)
     assert result.reward is not None and 0.7 <= result.reward <= 1.0
 
 
 def test_serve_binds_loopback_only(served: str) -> None:
     assert served.startswith("http://127.0.0.1:")
+
+
+def test_cli_against_the_served_service(
+    served: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert (
+        main(["route", "Step 1: Factor 196.\nStep 2: Keep the factors below 14.", "--url", served])
+        == 0
+    )
+    assert "Keep the factors below 14." in capsys.readouterr().out
+
+    requests = tmp_path / "requests.jsonl"
+    requests.write_text(
+        json.dumps({"steps": [{"content": "2 + 2 = 4"}], "request_id": "cli"}) + "\n"
+    )
+    results = tmp_path / "results.jsonl"
+    assert main(["score", str(requests), "--url", served, "--out", str(results)]) == 0
+    assert "cli" in capsys.readouterr().out
+    [line] = results.read_text().splitlines()
+    result = ScoreResponse.model_validate_json(line)
+    assert result.request_id == "cli" and result.steps[0].score in (0, 1, 2, 3)

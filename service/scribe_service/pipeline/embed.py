@@ -61,7 +61,12 @@ class SentenceTransformerEmbedder:
         except Exception as exc:  # any loader failure means the same thing to the operator
             raise EmbeddingError(f"cannot load embedding model {path!r}: {exc}") from exc
         self.name = name
-        dim = self._model.get_sentence_embedding_dimension()
+        # sentence-transformers 6 renamed the accessor; older releases only have the old name.
+        get_dimension = (
+            getattr(self._model, "get_embedding_dimension", None)
+            or self._model.get_sentence_embedding_dimension
+        )
+        dim = get_dimension()
         if dim is None:
             raise EmbeddingError(f"{path!r} does not report an embedding dimension")
         self.dim = int(dim)
