@@ -208,6 +208,7 @@ def test_garbage_judge_fails_steps_explicitly(minilm: SentenceTransformerEmbedde
             response = client.post("/v1/score", json={"steps": [{"content": "2+2=4"}]})
     finally:
         server.shutdown()
+        server.server_close()
     result = ScoreResponse.model_validate(response.json())
     [step] = result.steps
     assert step.status == "failed" and step.reward is None
