@@ -96,7 +96,7 @@ async def _score_file(args: argparse.Namespace) -> int:
     out = args.out.open("w", encoding="utf-8") if args.out else None
     failed = 0
     try:
-        async with _scorer(args) as score:
+        async with _Scorer(args) as score:
             with Progress(console=console, disable=len(requests) < 3 or args.quiet) as progress:
                 task = progress.add_task("scoring", total=len(requests))
                 for request in requests:
@@ -114,7 +114,7 @@ async def _score_file(args: argparse.Namespace) -> int:
     return 0
 
 
-class _scorer:
+class _Scorer:
     """An async context giving `score(request)`: in-process pipeline, or a remote service."""
 
     def __init__(self, args: argparse.Namespace) -> None:

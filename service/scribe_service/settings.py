@@ -88,7 +88,7 @@ class Settings(BaseSettings):
     )
 
     @model_validator(mode="after")
-    def _dialect_needs_server(self) -> Settings:
+    def _normalise_judge_url(self) -> Settings:
         if self.judge_url is not None:
             self.judge_url = self.judge_url.rstrip("/")
         return self

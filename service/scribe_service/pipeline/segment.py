@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -246,50 +247,56 @@ def _cut(text: str, cuts: list[tuple[int, str | None]]) -> list[tuple[int, int, 
     return spans
 
 
-def segment_completion(completion: str, prompt: str | None) -> Segmented:
+def _sequence(
+    chunks: Iterable[tuple[str, tuple[str, SubgoalSource], tuple[int, int] | None]],
+    prompt: str | None,
+) -> Segmented:
+    """Steps that follow one another with nothing in between: each is the next one's history."""
     steps: list[Step] = []
     history: list[Turn] = []
-    for start, end, explicit in _spans(completion):
-        text = completion[start:end]
-        source: SubgoalSource
-        if explicit is not None:
-            subgoal, source = explicit, "marker"
-        else:
-            subgoal, source = _subgoal_for(text)
+    for content, (subgoal, source), span in chunks:
         steps.append(
             Step(
                 index=len(steps),
-                content=text,
+                content=content,
                 subgoal=subgoal,
                 subgoal_source=source,
-                char_span=(start, end),
+                char_span=span,
                 history_end=len(history),
             )
         )
-        history.append(Turn("assistant", text))
+        history.append(Turn("assistant", content))
     return Segmented(task=prompt or "", steps=steps, history=history)
+
+
+def segment_completion(completion: str, prompt: str | None) -> Segmented:
+    return _sequence(
+        (
+            (
+                completion[start:end],
+                (explicit, "marker") if explicit else _subgoal_for(completion[start:end]),
+                (start, end),
+            )
+            for start, end, explicit in _spans(completion)
+        ),
+        prompt,
+    )
 
 
 def segment_steps(given: list[StepInput], prompt: str | None) -> Segmented:
-    steps: list[Step] = []
-    history: list[Turn] = []
-    for item in given:
-        source: SubgoalSource
-        if item.subgoal is not None and item.subgoal.strip():
-            subgoal, source = _clip(item.subgoal), "given"
-        else:
-            subgoal, source = _subgoal_for(item.content)
-        steps.append(
-            Step(
-                index=len(steps),
-                content=item.content,
-                subgoal=subgoal,
-                subgoal_source=source,
-                history_end=len(history),
+    return _sequence(
+        (
+            (
+                item.content,
+                (_clip(item.subgoal), "given")
+                if item.subgoal and item.subgoal.strip()
+                else _subgoal_for(item.content),
+                None,
             )
-        )
-        history.append(Turn("assistant", item.content))
-    return Segmented(task=prompt or "", steps=steps, history=history)
+            for item in given
+        ),
+        prompt,
+    )
 
 
 def segment(
