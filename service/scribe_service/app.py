@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from scribe_client.protocol import API_VERSION
+from scribe_service.auth import APIKeyMiddleware
 from scribe_service.bundled import ensure_judge_model
 from scribe_service.errors import install_error_handlers
 from scribe_service.library import load_library
@@ -125,6 +126,8 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.settings = settings
+    if settings.api_key is not None:
+        app.add_middleware(APIKeyMiddleware, api_key=settings.api_key.get_secret_value())
     install_error_handlers(app)
     app.include_router(router)
     return app

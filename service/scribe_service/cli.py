@@ -21,6 +21,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from scribe_client.protocol import RouteRequest, RouteResponse, ScoreRequest, ScoreResponse
+from scribe_service.auth import is_loopback
 from scribe_service.library import LibraryError, load_library
 from scribe_service.settings import Settings
 
@@ -178,6 +179,14 @@ def _serve(args: argparse.Namespace) -> int:
 
     overrides = {"host": args.host, "port": args.port}
     settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
+    if not is_loopback(settings.host) and settings.api_key is None:
+        if not settings.allow_unauthenticated:
+            console.print(
+                f"[red]error:[/red] refusing to serve on {settings.host} without an API key: "
+                "set SCRIBE_API_KEY (or SCRIBE_ALLOW_UNAUTHENTICATED=1 on a trusted network)"
+            )
+            return 2
+        console.print(f"[yellow]warning:[/yellow] serving on {settings.host} with no API key")
     uvicorn.run(
         create_app(settings),
         host=settings.host,

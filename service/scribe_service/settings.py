@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 BUNDLED_EMBEDDER = "bundled:all-MiniLM-L6-v2"
@@ -29,6 +29,14 @@ class Settings(BaseSettings):
     host: str = Field(default="127.0.0.1", description="Address `scribe serve` binds.")
     port: int = Field(default=8000, ge=1, le=65535)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    api_key: SecretStr | None = Field(
+        default=None,
+        description="When set, every route but /healthz needs `Authorization: Bearer <key>`.",
+    )
+    allow_unauthenticated: bool = Field(
+        default=False,
+        description="Let `scribe serve` bind a non-loopback address without an API key.",
+    )
 
     prototypes_dir: Path = Field(default_factory=default_prototypes_dir)
     cache_dir: Path = Field(

@@ -298,6 +298,9 @@ class EmbeddedJudge:
     async def check(self) -> None:
         return None
 
+    def tokenize(self, text: str) -> list[int]:
+        return list(self._llama.tokenize(text.encode()))
+
     async def complete(self, messages: Messages, schema: dict[str, Any], sampling: Sampling) -> str:
         def run() -> dict[str, Any]:
             result = self._llama.create_chat_completion(
