@@ -15,6 +15,7 @@ from scribe_service.auth import APIKeyMiddleware
 from scribe_service.bundled import ensure_judge_model
 from scribe_service.errors import install_error_handlers
 from scribe_service.library import load_library
+from scribe_service.limits import BodySizeLimitMiddleware, InputLimits
 from scribe_service.pipeline.embed import Embedder, SentenceTransformerEmbedder
 from scribe_service.pipeline.judge import EmbeddedJudge, Judge, JudgeBackend, OpenAIJudge, Sampling
 from scribe_service.pipeline.retrieve import PrototypeIndex
@@ -97,6 +98,9 @@ async def build_pipeline(
         min_similarity=settings.min_similarity,
         max_step_chars=settings.max_step_chars,
         max_context_chars=settings.max_context_chars,
+        limits=InputLimits(
+            max_steps=settings.max_steps, max_step_chars=settings.max_step_input_chars
+        ),
     )
 
 
@@ -126,6 +130,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
     if settings.api_key is not None:
         app.add_middleware(APIKeyMiddleware, api_key=settings.api_key.get_secret_value())
     install_error_handlers(app)

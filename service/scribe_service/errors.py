@@ -44,6 +44,13 @@ class ServiceError(Exception):
         self.param = param
 
 
+class InputLimitError(ServiceError):
+    """A request within the schema but beyond a configured limit."""
+
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(422, f"{param}: {message}", param=param)
+
+
 def error_response(
     status_code: int,
     message: str,

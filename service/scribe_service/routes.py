@@ -22,7 +22,7 @@ from scribe_client.protocol import (
     ScoreRequest,
     ScoreResponse,
 )
-from scribe_service.deps import PipelineDep
+from scribe_service.deps import PipelineDep, SettingsDep
 from scribe_service.errors import ServiceError
 from scribe_service.library import Prototype
 from scribe_service.pipeline.judge import JudgeError
@@ -44,8 +44,17 @@ async def score(request: ScoreRequest, pipeline: PipelineDep) -> ScoreResponse:
 
 
 @router.post("/v1/score/batch", response_model=BatchScoreResponse, tags=["scoring"])
-async def score_batch(request: BatchScoreRequest, pipeline: PipelineDep) -> BatchScoreResponse:
+async def score_batch(
+    request: BatchScoreRequest, pipeline: PipelineDep, settings: SettingsDep
+) -> BatchScoreResponse:
     """Score several trajectories (e.g. one GRPO group); results keep the request order."""
+    if len(request.requests) > settings.max_batch:
+        raise ServiceError(
+            422,
+            f"requests: {len(request.requests)} requests, more than the limit of "
+            f"{settings.max_batch} (SCRIBE_MAX_BATCH)",
+            param="requests",
+        )
     return BatchScoreResponse(results=await pipeline.score_batch(request.requests))
 
 

@@ -88,6 +88,14 @@ class Settings(BaseSettings):
     embedded_n_ctx: int = Field(default=4096, ge=512)
     embedded_threads: int | None = Field(default=None, ge=1)
 
+    max_body_bytes: int = Field(
+        default=16 * 1024 * 1024, ge=1024, description="Larger request bodies get a 413."
+    )
+    max_steps: int = Field(default=512, ge=1, description="More steps in a trajectory: 422.")
+    max_step_input_chars: int = Field(
+        default=200_000, ge=1, description="A longer step (text and tool calls): 422."
+    )
+    max_batch: int = Field(default=256, ge=1, description="More requests in a batch: 422.")
     max_step_chars: int = Field(
         default=2000, ge=200, description="Step text beyond this is elided in the judge prompt."
     )

@@ -24,7 +24,9 @@ from scribe_client.protocol import (
     StepResult,
     StepRoute,
 )
+from scribe_service.errors import InputLimitError
 from scribe_service.library import Library
+from scribe_service.limits import InputLimits
 from scribe_service.pipeline import aggregate
 from scribe_service.pipeline.embed import Embedder
 from scribe_service.pipeline.judge import Judge, JudgeError
@@ -54,6 +56,33 @@ def _step_route(step: Step, route: Route) -> StepRoute:
     )
 
 
+def _check_limits(
+    request: ScoreRequest | RouteRequest, segmented: Segmented, limits: InputLimits, prefix: str
+) -> None:
+    form = (
+        "messages"
+        if request.messages is not None
+        else "completion"
+        if request.completion
+        else "steps"
+    )
+    if len(segmented.steps) > limits.max_steps:
+        raise InputLimitError(
+            prefix + form,
+            f"{len(segmented.steps)} steps, more than the limit of {limits.max_steps} "
+            "(SCRIBE_MAX_STEPS)",
+        )
+    for step in segmented.steps:
+        if len(step.content) > limits.max_step_chars:
+            where = step.message_index if step.message_index is not None else step.index
+            at = f"{prefix}{form}" + ("" if form == "completion" else f"[{where}]")
+            raise InputLimitError(
+                at,
+                f"step {step.index} has {len(step.content)} characters, more than the limit of "
+                f"{limits.max_step_chars} (SCRIBE_MAX_STEP_INPUT_CHARS)",
+            )
+
+
 class Pipeline:
     def __init__(
         self,
@@ -65,6 +94,7 @@ class Pipeline:
         min_similarity: float,
         max_step_chars: int,
         max_context_chars: int,
+        limits: InputLimits | None = None,
     ) -> None:
         self.library = library
         self.embedder = embedder
@@ -73,6 +103,7 @@ class Pipeline:
         self.min_similarity = min_similarity
         self._max_step_chars = max_step_chars
         self._max_context_chars = max_context_chars
+        self._limits = limits
 
     @property
     def judge_model(self) -> str:
@@ -85,6 +116,10 @@ class Pipeline:
             segment(messages=r.messages, completion=r.completion, steps=r.steps, prompt=r.prompt)
             for r in requests
         ]
+        if self._limits is not None:
+            for position, (request, item) in enumerate(zip(requests, segmented, strict=True)):
+                prefix = f"requests[{position}]." if len(requests) > 1 else ""
+                _check_limits(request, item, self._limits, prefix)
         subgoals = [step.subgoal for s in segmented for step in s.steps]
         # Encoding is CPU-bound: keep it off the event loop.
         vectors = await asyncio.to_thread(self.embedder.encode, subgoals)
