@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import re
@@ -48,8 +49,11 @@ class FakeJudge:
 
     model = "fake-judge"
 
-    def __init__(self, replies: Sequence[str | Exception] | None = None, score: int = 2) -> None:
+    def __init__(
+        self, replies: Sequence[str | Exception] | None = None, score: int = 2, delay: float = 0
+    ) -> None:
         self.replies = list(replies or [])
+        self.delay = delay
         self.score = score
         self.prompts: list[Messages] = []
         self.schemas: list[dict[str, Any]] = []
@@ -58,6 +62,8 @@ class FakeJudge:
     async def complete(self, messages: Messages, schema: dict[str, Any], sampling: Sampling) -> str:
         self.prompts.append(messages)
         self.schemas.append(schema)
+        if self.delay:
+            await asyncio.sleep(self.delay)
         if self.replies:
             reply = self.replies.pop(0)
             if isinstance(reply, Exception):

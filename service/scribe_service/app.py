@@ -20,6 +20,7 @@ from scribe_service.pipeline.embed import Embedder, SentenceTransformerEmbedder
 from scribe_service.pipeline.judge import EmbeddedJudge, Judge, JudgeBackend, OpenAIJudge, Sampling
 from scribe_service.pipeline.retrieve import PrototypeIndex
 from scribe_service.pipeline.run import Pipeline
+from scribe_service.request_ids import RequestIdMiddleware
 from scribe_service.routes import router
 from scribe_service.settings import EMBEDDED_JUDGE_MODEL, Settings
 
@@ -101,6 +102,7 @@ async def build_pipeline(
         limits=InputLimits(
             max_steps=settings.max_steps, max_step_chars=settings.max_step_input_chars
         ),
+        request_deadline=settings.request_deadline,
     )
 
 
@@ -133,6 +135,8 @@ def create_app(
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
     if settings.api_key is not None:
         app.add_middleware(APIKeyMiddleware, api_key=settings.api_key.get_secret_value())
+    # Added last, so it is outermost: even a 401 or a 413 carries the request id.
+    app.add_middleware(RequestIdMiddleware)
     install_error_handlers(app)
     app.include_router(router)
     return app

@@ -79,6 +79,12 @@ class Settings(BaseSettings):
         default=8, ge=1, description="Global bound on judge calls in flight."
     )
     judge_timeout: float = Field(default=120.0, gt=0, description="Seconds per judge call.")
+    request_deadline: float | None = Field(
+        default=None,
+        gt=0,
+        description="Seconds one request may spend judging; steps still waiting then fail "
+        "with judge_timeout. Unset: no deadline beyond the per-call timeout.",
+    )
     judge_max_attempts: int = Field(
         default=3, ge=1, description="Tries per step for transient errors or invalid output."
     )

@@ -204,3 +204,26 @@ def test_openapi_documents_the_schema(client: TestClient) -> None:
     assert {"/v1/score", "/v1/score/batch", "/v1/route", "/readyz"} <= set(spec["paths"])
     step = spec["components"]["schemas"]["StepResult"]["properties"]
     assert "null" in str(step["reward"]) and step["reward"].get("description")
+
+
+def test_request_deadline_fails_the_steps_still_waiting(settings: Settings) -> None:
+    settings.request_deadline = 0.4
+    settings.judge_concurrency = 1
+    judge = FakeJudge(delay=0.25)
+    with TestClient(create_app(settings, embedder=FakeEmbedder(), judge_backend=judge)) as client:
+        steps = [{"content": "a"}, {"content": "b"}, {"content": "c"}]
+        result = _score(client, {"steps": steps, "outcome": 1.0})
+    assert [s.status for s in result.steps] == ["ok", "failed", "failed"]
+    for step in result.steps[1:]:
+        assert step.error is not None and step.error.type == "judge_timeout"
+        assert "deadline" in step.error.message and step.reward is None
+    assert result.status == "partial" and result.process_reward == pytest.approx(2 / 3)
+
+
+def test_every_response_carries_a_request_id(client: TestClient) -> None:
+    generated = client.get("/healthz").headers["x-request-id"]
+    assert len(generated) == 32
+    echoed = client.post("/v1/score", json={}, headers={"X-Request-ID": "trainer-step-7/3"})
+    assert echoed.status_code == 422 and echoed.headers["x-request-id"] == "trainer-step-7/3"
+    unsafe = client.get("/healthz", headers={"X-Request-ID": "bad id\twith spaces"})
+    assert unsafe.headers["x-request-id"] != "bad id\twith spaces"

@@ -46,8 +46,9 @@ def test_the_right_key_passes(client: TestClient) -> None:
     with RewardClient("http://t", api_key=KEY, http_client=client) as scribe:
         assert scribe.ready().ready
     with RewardClient("http://t", api_key="nope", http_client=client) as scribe:
-        with pytest.raises(AuthenticationError):
+        with pytest.raises(AuthenticationError) as error:
             scribe.prototypes()
+    assert error.value.request_id  # the service's X-Request-ID, for finding it in the logs
 
 
 @pytest.mark.parametrize(

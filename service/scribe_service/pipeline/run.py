@@ -95,6 +95,7 @@ class Pipeline:
         max_step_chars: int,
         max_context_chars: int,
         limits: InputLimits | None = None,
+        request_deadline: float | None = None,
     ) -> None:
         self.library = library
         self.embedder = embedder
@@ -104,6 +105,7 @@ class Pipeline:
         self._max_step_chars = max_step_chars
         self._max_context_chars = max_context_chars
         self._limits = limits
+        self._request_deadline = request_deadline
 
     @property
     def judge_model(self) -> str:
@@ -165,7 +167,9 @@ class Pipeline:
             )
         )
 
-    async def _judge_step(self, segmented: Segmented, step: Step, route: Route) -> StepResult:
+    async def _judge_step(
+        self, segmented: Segmented, step: Step, route: Route, deadline: float | None
+    ) -> StepResult:
         base = _step_route(step, route).model_dump()
         if self.judge is None:
             error = StepError(type="judge_unavailable", message="no judge configured")
@@ -179,7 +183,13 @@ class Pipeline:
             max_context_chars=self._max_context_chars,
         )
         try:
-            verdict = await self.judge.verdict(messages, route.prototype)
+            async with asyncio.timeout_at(deadline):
+                verdict = await self.judge.verdict(messages, route.prototype)
+        except TimeoutError:
+            message = f"request deadline of {self._request_deadline:g}s passed before a verdict"
+            return StepResult(
+                **base, status="failed", error=StepError(type="judge_timeout", message=message)
+            )
         except JudgeError as exc:
             return StepResult(
                 **base, status="failed", error=StepError(type=exc.type, message=str(exc))
@@ -198,9 +208,14 @@ class Pipeline:
         )
 
     async def _judge_trajectory(self, request: ScoreRequest, routed: Routed) -> ScoreResponse:
+        deadline = (
+            None
+            if self._request_deadline is None
+            else asyncio.get_running_loop().time() + self._request_deadline
+        )
         results = await asyncio.gather(
             *(
-                self._judge_step(routed.segmented, step, route)
+                self._judge_step(routed.segmented, step, route, deadline)
                 for step, route in zip(routed.segmented.steps, routed.routes, strict=True)
             )
         )
