@@ -103,6 +103,8 @@ async def build_pipeline(
             max_steps=settings.max_steps, max_step_chars=settings.max_step_input_chars
         ),
         request_deadline=settings.request_deadline,
+        max_pending=settings.max_pending,
+        retry_after=settings.retry_after,
     )
 
 

@@ -36,12 +36,26 @@ class ServiceError(Exception):
     """An error with a status and a type, raised by handlers and translated once."""
 
     def __init__(
-        self, status_code: int, message: str, *, type: str | None = None, param: str | None = None
+        self,
+        status_code: int,
+        message: str,
+        *,
+        type: str | None = None,
+        param: str | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.status_code = status_code
         self.type = type or _TYPES.get(status_code, "error")
         self.param = param
+        self.headers = headers
+
+
+class OverloadedError(ServiceError):
+    """Too many trajectories already waiting for the judge: come back later (HTTP 429)."""
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(429, message, headers={"Retry-After": str(retry_after)})
 
 
 class InputLimitError(ServiceError):
@@ -101,7 +115,9 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
 
 async def _service_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ServiceError)
-    return error_response(exc.status_code, str(exc), type=exc.type, param=exc.param)
+    return error_response(
+        exc.status_code, str(exc), type=exc.type, param=exc.param, headers=exc.headers
+    )
 
 
 async def _http_error(_: Request, exc: Exception) -> JSONResponse:

@@ -85,6 +85,13 @@ class Settings(BaseSettings):
         description="Seconds one request may spend judging; steps still waiting then fail "
         "with judge_timeout. Unset: no deadline beyond the per-call timeout.",
     )
+    max_pending: int = Field(
+        default=1024,
+        ge=1,
+        description="Trajectories accepted and not yet answered; beyond it /v1/score answers "
+        "429 with Retry-After.",
+    )
+    retry_after: int = Field(default=5, ge=1, description="Seconds sent in Retry-After on 429.")
     judge_max_attempts: int = Field(
         default=3, ge=1, description="Tries per step for transient errors or invalid output."
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -227,3 +228,24 @@ def test_every_response_carries_a_request_id(client: TestClient) -> None:
     assert echoed.status_code == 422 and echoed.headers["x-request-id"] == "trainer-step-7/3"
     unsafe = client.get("/healthz", headers={"X-Request-ID": "bad id\twith spaces"})
     assert unsafe.headers["x-request-id"] != "bad id\twith spaces"
+
+
+def test_overload_is_a_429_with_retry_after_not_a_pile_up(settings: Settings) -> None:
+    settings.max_pending = 2
+    settings.judge_concurrency = 1
+    settings.retry_after = 7
+    judge = FakeJudge(delay=1.0)  # long enough that all three arrive while two are pending
+    with TestClient(create_app(settings, embedder=FakeEmbedder(), judge_backend=judge)) as client:
+        with ThreadPoolExecutor(3) as pool:
+            futures = [
+                pool.submit(client.post, "/v1/score", json={"steps": [{"content": str(i)}]})
+                for i in range(3)
+            ]
+            responses = [f.result() for f in futures]
+        codes = sorted(r.status_code for r in responses)
+        assert codes == [200, 200, 429]
+        [rejected] = [r for r in responses if r.status_code == 429]
+        assert rejected.headers["retry-after"] == "7"
+        assert rejected.json()["error"]["type"] == "overloaded"
+        # Once the backlog drains, requests are admitted again.
+        assert client.post("/v1/score", json={"steps": [{"content": "x"}]}).status_code == 200

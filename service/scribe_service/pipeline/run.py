@@ -24,7 +24,7 @@ from scribe_client.protocol import (
     StepResult,
     StepRoute,
 )
-from scribe_service.errors import InputLimitError
+from scribe_service.errors import InputLimitError, OverloadedError
 from scribe_service.library import Library
 from scribe_service.limits import InputLimits
 from scribe_service.pipeline import aggregate
@@ -96,6 +96,8 @@ class Pipeline:
         max_context_chars: int,
         limits: InputLimits | None = None,
         request_deadline: float | None = None,
+        max_pending: int | None = None,
+        retry_after: int = 5,
     ) -> None:
         self.library = library
         self.embedder = embedder
@@ -106,6 +108,10 @@ class Pipeline:
         self._max_context_chars = max_context_chars
         self._limits = limits
         self._request_deadline = request_deadline
+        self._max_pending = max_pending
+        self._retry_after = retry_after
+        self.pending = 0
+        """Trajectories accepted for scoring and not yet answered."""
 
     @property
     def judge_model(self) -> str:
@@ -153,6 +159,21 @@ class Pipeline:
         return response
 
     async def score_batch(self, requests: Sequence[ScoreRequest]) -> list[ScoreResponse]:
+        # Admission control: beyond the bound a caller is told to come back (429 with
+        # Retry-After) instead of queueing without limit behind the judge.
+        if self._max_pending is not None and self.pending + len(requests) > self._max_pending:
+            raise OverloadedError(
+                f"{self.pending} trajectories are already waiting for the judge "
+                f"(SCRIBE_MAX_PENDING={self._max_pending}); retry later",
+                self._retry_after,
+            )
+        self.pending += len(requests)
+        try:
+            return await self._score_batch(requests)
+        finally:
+            self.pending -= len(requests)
+
+    async def _score_batch(self, requests: Sequence[ScoreRequest]) -> list[ScoreResponse]:
         thresholds = [
             self.min_similarity if r.options.min_similarity is None else r.options.min_similarity
             for r in requests
