@@ -192,6 +192,8 @@ def _serve(args: argparse.Namespace) -> int:
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
+        # SIGTERM: stop accepting, let in-flight scoring finish, then exit.
+        timeout_graceful_shutdown=settings.shutdown_grace,
     )
     return 0
 

@@ -29,6 +29,11 @@ class Settings(BaseSettings):
     host: str = Field(default="127.0.0.1", description="Address `scribe serve` binds.")
     port: int = Field(default=8000, ge=1, le=65535)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    shutdown_grace: int = Field(
+        default=60,
+        ge=1,
+        description="On SIGTERM, seconds to let in-flight requests finish before exiting.",
+    )
     api_key: SecretStr | None = Field(
         default=None,
         description="When set, every route but /healthz needs `Authorization: Bearer <key>`.",
