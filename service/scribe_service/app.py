@@ -16,6 +16,7 @@ from scribe_service.bundled import ensure_judge_model
 from scribe_service.errors import install_error_handlers
 from scribe_service.library import load_library
 from scribe_service.limits import BodySizeLimitMiddleware, InputLimits
+from scribe_service.metrics import Metrics, RequestMetricsMiddleware
 from scribe_service.pipeline.embed import Embedder, SentenceTransformerEmbedder
 from scribe_service.pipeline.judge import EmbeddedJudge, Judge, JudgeBackend, OpenAIJudge, Sampling
 from scribe_service.pipeline.retrieve import PrototypeIndex
@@ -66,15 +67,14 @@ async def build_pipeline(
     index = await asyncio.to_thread(PrototypeIndex, library, embedder, top_k=settings.top_k)
     if judge_backend is None and with_judge:
         judge_backend = await asyncio.to_thread(make_judge_backend, settings)
-    judge = (
-        None
-        if judge_backend is None
-        else Judge(
+    metrics = Metrics()
+    judge = None
+    if judge_backend is not None:
+        # One llama.cpp model instance runs one completion at a time anyway.
+        embedded = isinstance(judge_backend, EmbeddedJudge)
+        judge = Judge(
             judge_backend,
-            # One llama.cpp model instance runs one completion at a time anyway.
-            concurrency=1
-            if isinstance(judge_backend, EmbeddedJudge)
-            else settings.judge_concurrency,
+            concurrency=1 if embedded else settings.judge_concurrency,
             timeout=settings.judge_timeout,
             max_attempts=settings.judge_max_attempts,
             sampling=Sampling(
@@ -82,8 +82,8 @@ async def build_pipeline(
                 max_tokens=settings.judge_max_tokens,
                 seed=settings.judge_seed,
             ),
+            metrics=metrics,
         )
-    )
     log.info(
         "library %s: %d prototypes, %d exemplars indexed; judge %s",
         library.version,
@@ -105,7 +105,13 @@ async def build_pipeline(
         request_deadline=settings.request_deadline,
         max_pending=settings.max_pending,
         retry_after=settings.retry_after,
+        metrics=metrics,
     )
+
+
+def _metrics(app: FastAPI) -> Metrics | None:
+    pipeline = getattr(app.state, "pipeline", None)
+    return pipeline.metrics if isinstance(pipeline, Pipeline) else None
 
 
 def create_app(
@@ -137,6 +143,7 @@ def create_app(
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
     if settings.api_key is not None:
         app.add_middleware(APIKeyMiddleware, api_key=settings.api_key.get_secret_value())
+    app.add_middleware(RequestMetricsMiddleware, metrics_of=lambda: _metrics(app))
     # Added last, so it is outermost: even a 401 or a 413 carries the request id.
     app.add_middleware(RequestIdMiddleware)
     install_error_handlers(app)

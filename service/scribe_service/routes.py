@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 
 from fastapi import APIRouter
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from scribe_client.protocol import (
     BatchScoreRequest,
@@ -101,6 +102,12 @@ async def prototype(prototype_id: str, pipeline: PipelineDep) -> PrototypeDetail
         failure_modes=[FailureModeInfo(**mode.model_dump()) for mode in found.failure_modes],
         exemplars=list(found.exemplars),
     )
+
+
+@router.get("/metrics", response_class=Response, tags=["ops"])
+async def metrics(pipeline: PipelineDep) -> Response:
+    """Prometheus metrics."""
+    return Response(generate_latest(pipeline.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
 @router.get("/healthz", response_model=HealthResponse, tags=["ops"])

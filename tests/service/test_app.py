@@ -249,3 +249,21 @@ def test_overload_is_a_429_with_retry_after_not_a_pile_up(settings: Settings) ->
         assert rejected.json()["error"]["type"] == "overloaded"
         # Once the backlog drains, requests are admitted again.
         assert client.post("/v1/score", json={"steps": [{"content": "x"}]}).status_code == 200
+
+
+def test_metrics_count_requests_stages_judge_calls_and_fallbacks(settings: Settings) -> None:
+    judge = FakeJudge(replies=["garbage"])
+    with TestClient(create_app(settings, embedder=FakeEmbedder(), judge_backend=judge)) as client:
+        payload = {"steps": [{"content": "a"}], "options": {"min_similarity": 1.0}}
+        assert client.post("/v1/score", json=payload).status_code == 200
+        client.get("/v1/prototypes/nope")
+        text = client.get("/metrics").text
+    assert 'scribe_requests_total{route="/v1/score",status="200"} 1.0' in text
+    assert 'scribe_requests_total{route="/v1/prototypes/{prototype_id}",status="404"} 1.0' in text
+    assert 'scribe_judge_calls_total{outcome="judge_invalid_output"} 1.0' in text
+    assert 'scribe_judge_calls_total{outcome="ok"} 1.0' in text
+    assert "scribe_judge_retries_total 1.0" in text
+    assert "scribe_fallback_routes_total 1.0" in text
+    assert 'scribe_steps_total{status="ok"} 1.0' in text
+    assert 'scribe_stage_seconds_count{stage="judge"} 1.0' in text
+    assert "scribe_pending_trajectories 0.0" in text

@@ -34,6 +34,7 @@ from typing import Any, Protocol, cast
 import httpx
 
 from scribe_service.library import Prototype
+from scribe_service.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -338,8 +339,10 @@ class Judge:
         max_attempts: int,
         sampling: Sampling,
         backoff: float = 0.5,
+        metrics: Metrics | None = None,
     ) -> None:
         self.backend = backend
+        self._metrics = metrics
         self._slots = asyncio.Semaphore(concurrency)
         self._timeout = timeout
         self._max_attempts = max_attempts
@@ -347,15 +350,28 @@ class Judge:
         self._backoff = backoff
 
     async def _call(self, messages: Messages, prototype: Prototype, sampling: Sampling) -> Verdict:
-        async with self._slots:
-            try:
-                raw = await asyncio.wait_for(
-                    self.backend.complete(messages, verdict_schema(prototype), sampling),
-                    self._timeout,
-                )
-            except TimeoutError as exc:
-                raise JudgeTimeout(f"no verdict within {self._timeout:g}s") from exc
-        return parse_verdict(raw, prototype)
+        outcome = "ok"
+        try:
+            async with self._slots:
+                if self._metrics:
+                    self._metrics.judge_in_flight.inc()
+                try:
+                    raw = await asyncio.wait_for(
+                        self.backend.complete(messages, verdict_schema(prototype), sampling),
+                        self._timeout,
+                    )
+                except TimeoutError as exc:
+                    raise JudgeTimeout(f"no verdict within {self._timeout:g}s") from exc
+                finally:
+                    if self._metrics:
+                        self._metrics.judge_in_flight.dec()
+            return parse_verdict(raw, prototype)
+        except JudgeError as exc:
+            outcome = exc.type
+            raise
+        finally:
+            if self._metrics:
+                self._metrics.judge_calls.labels(outcome).inc()
 
     async def verdict(self, messages: Messages, prototype: Prototype) -> Verdict:
         sampling = self._sampling
@@ -366,6 +382,8 @@ class Judge:
                 if not exc.transient or attempt == self._max_attempts:
                     raise
                 log.warning("judge attempt %d failed (%s): %s", attempt, exc.type, exc)
+                if self._metrics:
+                    self._metrics.judge_retries.inc()
                 if isinstance(exc, JudgeInvalidOutput):
                     # A greedy retry would repeat the same reply; sample a little instead.
                     sampling = Sampling(

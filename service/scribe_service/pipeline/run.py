@@ -27,6 +27,7 @@ from scribe_client.protocol import (
 from scribe_service.errors import InputLimitError, OverloadedError
 from scribe_service.library import Library
 from scribe_service.limits import InputLimits
+from scribe_service.metrics import Metrics
 from scribe_service.pipeline import aggregate
 from scribe_service.pipeline.embed import Embedder
 from scribe_service.pipeline.judge import Judge, JudgeError
@@ -98,6 +99,7 @@ class Pipeline:
         request_deadline: float | None = None,
         max_pending: int | None = None,
         retry_after: int = 5,
+        metrics: Metrics | None = None,
     ) -> None:
         self.library = library
         self.embedder = embedder
@@ -112,12 +114,21 @@ class Pipeline:
         self._retry_after = retry_after
         self.pending = 0
         """Trajectories accepted for scoring and not yet answered."""
+        self.metrics = metrics or Metrics()
 
     @property
     def judge_model(self) -> str:
         return self.judge.backend.model if self.judge else "(none)"
 
     async def _route_all(
+        self, requests: Sequence[ScoreRequest | RouteRequest], thresholds: Sequence[float]
+    ) -> list[Routed]:
+        with self.metrics.stage_seconds.labels("route").time():
+            routed = await self._segment_and_route(requests, thresholds)
+        self.metrics.fallback_routes.inc(sum(r.fallback for item in routed for r in item.routes))
+        return routed
+
+    async def _segment_and_route(
         self, requests: Sequence[ScoreRequest | RouteRequest], thresholds: Sequence[float]
     ) -> list[Routed]:
         segmented = [
@@ -168,10 +179,12 @@ class Pipeline:
                 self._retry_after,
             )
         self.pending += len(requests)
+        self.metrics.pending.set(self.pending)
         try:
             return await self._score_batch(requests)
         finally:
             self.pending -= len(requests)
+            self.metrics.pending.set(self.pending)
 
     async def _score_batch(self, requests: Sequence[ScoreRequest]) -> list[ScoreResponse]:
         thresholds = [
@@ -189,6 +202,14 @@ class Pipeline:
         )
 
     async def _judge_step(
+        self, segmented: Segmented, step: Step, route: Route, deadline: float | None
+    ) -> StepResult:
+        with self.metrics.stage_seconds.labels("judge").time():
+            result = await self._judge_one(segmented, step, route, deadline)
+        self.metrics.steps.labels(result.status).inc()
+        return result
+
+    async def _judge_one(
         self, segmented: Segmented, step: Step, route: Route, deadline: float | None
     ) -> StepResult:
         base = _step_route(step, route).model_dump()

@@ -1,0 +1,84 @@
+"""Prometheus metrics, one registry per app (so two apps in one process never collide).
+
+Requests by route and status, latency per pipeline stage, judge calls by outcome, retries,
+judge calls in flight, trajectories pending, steps by status and fallback routes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+# Judging on a CPU takes tens of seconds, on a GPU server well under one: cover both.
+_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "scribe_requests", "HTTP requests by route and status", ["route", "status"], registry=r
+        )
+        self.request_seconds = Histogram(
+            "scribe_request_seconds",
+            "HTTP request latency",
+            ["route"],
+            buckets=_BUCKETS,
+            registry=r,
+        )
+        self.stage_seconds = Histogram(
+            "scribe_stage_seconds",
+            "Latency of a pipeline stage (route: segment+embed+retrieve for a request; "
+            "judge: one step's verdict, retries included)",
+            ["stage"],
+            buckets=_BUCKETS,
+            registry=r,
+        )
+        self.judge_calls = Counter(
+            "scribe_judge_calls", "Judge calls by outcome (ok or the error type)", ["outcome"],
+            registry=r,
+        )  # fmt: skip
+        self.judge_retries = Counter("scribe_judge_retries", "Judge calls retried", registry=r)
+        self.judge_in_flight = Gauge("scribe_judge_in_flight", "Judge calls in flight", registry=r)
+        self.pending = Gauge(
+            "scribe_pending_trajectories", "Trajectories accepted, not yet answered", registry=r
+        )
+        self.steps = Counter("scribe_steps", "Steps scored, by status", ["status"], registry=r)
+        self.fallback_routes = Counter(
+            "scribe_fallback_routes", "Steps routed to the fallback rubric", registry=r
+        )
+
+
+class RequestMetricsMiddleware:
+    """Counts every HTTP request; the registry lives with the pipeline the lifespan builds."""
+
+    def __init__(self, app: ASGIApp, *, metrics_of: Callable[[], Metrics | None]) -> None:
+        self.app = app
+        self._metrics_of = metrics_of
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500
+        start = time.perf_counter()
+
+        async def observe(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, observe)
+        finally:
+            # The route template, not the raw path: ids must not explode the label set.
+            metrics = self._metrics_of()
+            if metrics is not None:
+                route = getattr(scope.get("route"), "path", "unmatched")
+                metrics.requests.labels(route, str(status)).inc()
+                metrics.request_seconds.labels(route).observe(time.perf_counter() - start)
