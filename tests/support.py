@@ -10,6 +10,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Sequence
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -110,3 +111,29 @@ def stop(process: subprocess.Popen[bytes]) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
+
+
+class ScriptedJudgeHandler(BaseHTTPRequestHandler):
+    """A real OpenAI-compatible judge over HTTP whose reply text a subclass chooses."""
+
+    def reply(self) -> str:
+        raise NotImplementedError
+
+    def do_GET(self) -> None:
+        self._send({"data": [{"id": "scripted"}]})
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        content = self.reply()
+        self._send({"choices": [{"message": {"content": content}, "finish_reason": "stop"}]})
+
+    def _send(self, body: dict[str, Any]) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args: Any) -> None:
+        pass

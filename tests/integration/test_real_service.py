@@ -3,10 +3,9 @@ scoring with the bundled 1.5B judge, in-process and behind llama.cpp's HTTP serv
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ from scribe_client.protocol import RouteResponse, ScoreResponse
 from scribe_service.app import create_app
 from scribe_service.pipeline.embed import SentenceTransformerEmbedder
 from scribe_service.settings import Settings
-from support import PROTOTYPES, free_port
+from support import PROTOTYPES, ScriptedJudgeHandler, free_port
 
 pytestmark = pytest.mark.real
 
@@ -171,27 +170,11 @@ def test_unreachable_judge_fails_steps_explicitly(minilm: SentenceTransformerEmb
         assert step.error is not None and step.error.type == "judge_unavailable"
 
 
-class _GarbageJudge(BaseHTTPRequestHandler):
-    """A real HTTP judge that answers every completion with a non-verdict."""
+class _GarbageJudge(ScriptedJudgeHandler):
+    """Answers every completion with a score outside the rubric."""
 
-    def do_GET(self) -> None:
-        self._send({"data": [{"id": "garbage"}]})
-
-    def do_POST(self) -> None:
-        self.rfile.read(int(self.headers["Content-Length"]))
-        content = '{"score": 7, "failure_modes": [], "rationale": "best ever"}'
-        self._send({"choices": [{"message": {"content": content}, "finish_reason": "stop"}]})
-
-    def _send(self, body: dict[str, Any]) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args: Any) -> None:
-        pass
+    def reply(self) -> str:
+        return '{"score": 7, "failure_modes": [], "rationale": "best ever"}'
 
 
 def test_garbage_judge_fails_steps_explicitly(minilm: SentenceTransformerEmbedder) -> None:

@@ -11,39 +11,23 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any
 
 import httpx
 import pytest
 
-from support import PROTOTYPES, free_port, stop, wait_for
+from support import PROTOTYPES, ScriptedJudgeHandler, free_port, stop, wait_for
 
 pytestmark = pytest.mark.real
 
 JUDGE_SECONDS = 3.0
 
 
-class _SlowJudge(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:
-        self._send({"data": [{"id": "slow"}]})
-
-    def do_POST(self) -> None:
-        self.rfile.read(int(self.headers["Content-Length"]))
+class _SlowJudge(ScriptedJudgeHandler):
+    def reply(self) -> str:
         time.sleep(JUDGE_SECONDS)
-        verdict = json.dumps({"rationale": "fine", "failure_modes": [], "score": 3})
-        self._send({"choices": [{"message": {"content": verdict}, "finish_reason": "stop"}]})
-
-    def _send(self, body: dict[str, Any]) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args: Any) -> None:
-        pass
+        return json.dumps({"rationale": "fine", "failure_modes": [], "score": 3})
 
 
 def test_sigterm_finishes_in_flight_requests(tmp_path: Any) -> None:
