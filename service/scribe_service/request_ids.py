@@ -5,15 +5,12 @@ from __future__ import annotations
 
 import re
 import uuid
-from contextvars import ContextVar
 
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 HEADER = "x-request-id"
 _ACCEPTABLE = re.compile(r"^[\w.:@/+=-]{1,200}$")
-
-current_request_id: ContextVar[str | None] = ContextVar("scribe_request_id", default=None)
 
 
 class RequestIdMiddleware:
@@ -26,14 +23,10 @@ class RequestIdMiddleware:
             return
         given = dict(scope["headers"]).get(HEADER.encode(), b"").decode("latin-1")
         request_id = given if _ACCEPTABLE.match(given) else uuid.uuid4().hex
-        token = current_request_id.set(request_id)
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
                 MutableHeaders(scope=message)[HEADER] = request_id
             await send(message)
 
-        try:
-            await self.app(scope, receive, send_with_id)
-        finally:
-            current_request_id.reset(token)
+        await self.app(scope, receive, send_with_id)

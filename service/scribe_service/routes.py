@@ -24,7 +24,7 @@ from scribe_client.protocol import (
     ScoreResponse,
 )
 from scribe_service.deps import PipelineDep, SettingsDep
-from scribe_service.errors import ServiceError
+from scribe_service.errors import InputLimitError, ServiceError
 from scribe_service.library import Prototype
 from scribe_service.pipeline.judge import JudgeError
 
@@ -50,11 +50,10 @@ async def score_batch(
 ) -> BatchScoreResponse:
     """Score several trajectories (e.g. one GRPO group); results keep the request order."""
     if len(request.requests) > settings.max_batch:
-        raise ServiceError(
-            422,
-            f"requests: {len(request.requests)} requests, more than the limit of "
-            f"{settings.max_batch} (SCRIBE_MAX_BATCH)",
-            param="requests",
+        raise InputLimitError(
+            "requests",
+            f"{len(request.requests)} requests, more than the limit of {settings.max_batch} "
+            "(SCRIBE_MAX_BATCH)",
         )
     return BatchScoreResponse(results=await pipeline.score_batch(request.requests))
 
