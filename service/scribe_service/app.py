@@ -52,6 +52,7 @@ async def build_pipeline(
     embedder: Embedder | None = None,
     judge_backend: JudgeBackend | None = None,
     with_judge: bool = True,
+    metrics: Metrics | None = None,
 ) -> Pipeline:
     """Load everything the pipeline needs; the injected parts replace the configured ones.
 
@@ -67,7 +68,7 @@ async def build_pipeline(
     index = await asyncio.to_thread(PrototypeIndex, library, embedder, top_k=settings.top_k)
     if judge_backend is None and with_judge:
         judge_backend = await asyncio.to_thread(make_judge_backend, settings)
-    metrics = Metrics()
+    metrics = metrics or Metrics()
     judge = None
     if judge_backend is not None:
         # One llama.cpp model instance runs one completion at a time anyway.
@@ -109,11 +110,6 @@ async def build_pipeline(
     )
 
 
-def _metrics(app: FastAPI) -> Metrics | None:
-    pipeline = getattr(app.state, "pipeline", None)
-    return pipeline.metrics if isinstance(pipeline, Pipeline) else None
-
-
 def create_app(
     settings: Settings | None = None,
     *,
@@ -122,10 +118,14 @@ def create_app(
 ) -> FastAPI:
     """Build the service. `embedder` and `judge_backend` replace the configured ones (tests)."""
     settings = settings or Settings()
+    # Owned by the app, not the lifespan: the middleware counts requests from the first one.
+    metrics = Metrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        pipeline = await build_pipeline(settings, embedder=embedder, judge_backend=judge_backend)
+        pipeline = await build_pipeline(
+            settings, embedder=embedder, judge_backend=judge_backend, metrics=metrics
+        )
         app.state.pipeline = pipeline
         try:
             yield
@@ -143,7 +143,7 @@ def create_app(
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
     if settings.api_key is not None:
         app.add_middleware(APIKeyMiddleware, api_key=settings.api_key.get_secret_value())
-    app.add_middleware(RequestMetricsMiddleware, metrics_of=lambda: _metrics(app))
+    app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
     # Added last, so it is outermost: even a 401 or a 413 carries the request id.
     app.add_middleware(RequestIdMiddleware)
     install_error_handlers(app)

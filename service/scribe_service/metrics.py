@@ -7,7 +7,6 @@ judge calls in flight, trajectories pending, steps by status and fallback routes
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -54,11 +53,11 @@ class Metrics:
 
 
 class RequestMetricsMiddleware:
-    """Counts every HTTP request; the registry lives with the pipeline the lifespan builds."""
+    """Counts every HTTP request by route template and status."""
 
-    def __init__(self, app: ASGIApp, *, metrics_of: Callable[[], Metrics | None]) -> None:
+    def __init__(self, app: ASGIApp, *, metrics: Metrics) -> None:
         self.app = app
-        self._metrics_of = metrics_of
+        self._metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -77,8 +76,6 @@ class RequestMetricsMiddleware:
             await self.app(scope, receive, observe)
         finally:
             # The route template, not the raw path: ids must not explode the label set.
-            metrics = self._metrics_of()
-            if metrics is not None:
-                route = getattr(scope.get("route"), "path", "unmatched")
-                metrics.requests.labels(route, str(status)).inc()
-                metrics.request_seconds.labels(route).observe(time.perf_counter() - start)
+            route = getattr(scope.get("route"), "path", "unmatched")
+            self._metrics.requests.labels(route, str(status)).inc()
+            self._metrics.request_seconds.labels(route).observe(time.perf_counter() - start)

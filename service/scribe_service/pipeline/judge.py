@@ -342,7 +342,7 @@ class Judge:
         metrics: Metrics | None = None,
     ) -> None:
         self.backend = backend
-        self._metrics = metrics
+        self._metrics = metrics or Metrics()
         self._slots = asyncio.Semaphore(concurrency)
         self._timeout = timeout
         self._max_attempts = max_attempts
@@ -353,25 +353,20 @@ class Judge:
         outcome = "ok"
         try:
             async with self._slots:
-                if self._metrics:
-                    self._metrics.judge_in_flight.inc()
-                try:
-                    raw = await asyncio.wait_for(
-                        self.backend.complete(messages, verdict_schema(prototype), sampling),
-                        self._timeout,
-                    )
-                except TimeoutError as exc:
-                    raise JudgeTimeout(f"no verdict within {self._timeout:g}s") from exc
-                finally:
-                    if self._metrics:
-                        self._metrics.judge_in_flight.dec()
+                with self._metrics.judge_in_flight.track_inprogress():
+                    try:
+                        raw = await asyncio.wait_for(
+                            self.backend.complete(messages, verdict_schema(prototype), sampling),
+                            self._timeout,
+                        )
+                    except TimeoutError as exc:
+                        raise JudgeTimeout(f"no verdict within {self._timeout:g}s") from exc
             return parse_verdict(raw, prototype)
         except JudgeError as exc:
             outcome = exc.type
             raise
         finally:
-            if self._metrics:
-                self._metrics.judge_calls.labels(outcome).inc()
+            self._metrics.judge_calls.labels(outcome).inc()
 
     async def verdict(self, messages: Messages, prototype: Prototype) -> Verdict:
         sampling = self._sampling
@@ -382,8 +377,7 @@ class Judge:
                 if not exc.transient or attempt == self._max_attempts:
                     raise
                 log.warning("judge attempt %d failed (%s): %s", attempt, exc.type, exc)
-                if self._metrics:
-                    self._metrics.judge_retries.inc()
+                self._metrics.judge_retries.inc()
                 if isinstance(exc, JudgeInvalidOutput):
                     # A greedy retry would repeat the same reply; sample a little instead.
                     sampling = Sampling(
