@@ -4,7 +4,9 @@ the lifespan, and live on `app.state.pipeline` for the routes to use."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -22,7 +24,8 @@ from scribe_service.pipeline.judge import EmbeddedJudge, Judge, JudgeBackend, Op
 from scribe_service.pipeline.retrieve import PrototypeIndex
 from scribe_service.pipeline.run import Pipeline
 from scribe_service.request_ids import RequestIdMiddleware
-from scribe_service.routes import router
+from scribe_service.resilience import JudgeHealth, RetryBudget
+from scribe_service.routes import READY_CHECK_TIMEOUT, router
 from scribe_service.settings import EMBEDDED_JUDGE_MODEL, Settings
 
 log = logging.getLogger(__name__)
@@ -73,6 +76,7 @@ async def build_pipeline(
     if judge_backend is not None:
         # One llama.cpp model instance runs one completion at a time anyway.
         embedded = isinstance(judge_backend, EmbeddedJudge)
+        health = JudgeHealth(threshold=settings.judge_unreachable_after)
         judge = Judge(
             judge_backend,
             concurrency=1 if embedded else settings.judge_concurrency,
@@ -83,8 +87,13 @@ async def build_pipeline(
                 max_tokens=settings.judge_max_tokens,
                 seed=settings.judge_seed,
             ),
+            backoff=settings.judge_backoff,
+            backoff_max=settings.judge_backoff_max,
+            retry_budget=RetryBudget(ratio=settings.judge_retry_budget),
+            health=health,
             metrics=metrics,
         )
+        metrics.judge_available.set_function(lambda: float(health.available))
     log.info(
         "library %s: %d prototypes, %d exemplars indexed; judge %s",
         library.version,
@@ -106,6 +115,7 @@ async def build_pipeline(
         request_deadline=settings.request_deadline,
         max_pending=settings.max_pending,
         retry_after=settings.retry_after,
+        unavailable_retry_after=max(1, math.ceil(settings.judge_probe_interval)),
         metrics=metrics,
     )
 
@@ -127,9 +137,24 @@ def create_app(
             settings, embedder=embedder, judge_backend=judge_backend, metrics=metrics
         )
         app.state.pipeline = pipeline
+        probing = None
+        if pipeline.judge is not None:
+            # Notices a judge going away between requests, and lets it back in once it returns.
+            probing = asyncio.create_task(
+                pipeline.judge.health.probe_forever(
+                    pipeline.judge.backend.check,
+                    interval=settings.judge_probe_interval,
+                    timeout=READY_CHECK_TIMEOUT,
+                ),
+                name="judge-probe",
+            )
         try:
             yield
         finally:
+            if probing is not None:
+                probing.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await probing
             if pipeline.judge is not None:
                 await pipeline.judge.backend.aclose()
 

@@ -176,6 +176,7 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from scribe_service.app import create_app
+    from scribe_service.logs import logging_config
 
     overrides = {"host": args.host, "port": args.port}
     settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
@@ -191,7 +192,8 @@ def _serve(args: argparse.Namespace) -> int:
         create_app(settings),
         host=settings.host,
         port=settings.port,
-        log_level=settings.log_level,
+        log_config=logging_config(settings.log_level, settings.log_format),
+        access_log=False,  # RequestIdMiddleware writes the access line, with the request id
         # SIGTERM: stop accepting, let in-flight scoring finish, then exit.
         timeout_graceful_shutdown=settings.shutdown_grace,
     )

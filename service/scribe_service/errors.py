@@ -58,6 +58,13 @@ class OverloadedError(ServiceError):
         super().__init__(429, message, headers={"Retry-After": str(retry_after)})
 
 
+class UnavailableError(ServiceError):
+    """The judge cannot be reached, so nothing can be scored now (HTTP 503)."""
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(503, message, headers={"Retry-After": str(retry_after)})
+
+
 class InputLimitError(ServiceError):
     """A request within the schema but beyond a configured limit."""
 

@@ -42,6 +42,15 @@ class Metrics:
             registry=r,
         )  # fmt: skip
         self.judge_retries = Counter("scribe_judge_retries", "Judge calls retried", registry=r)
+        self.judge_retries_denied = Counter(
+            "scribe_judge_retries_denied", "Retries refused by the retry budget", registry=r
+        )
+        self.judge_available = Gauge(
+            "scribe_judge_available", "1 while the judge is reachable, 0 while down", registry=r
+        )
+        self.unavailable_rejections = Counter(
+            "scribe_unavailable_rejections", "Requests answered 503: judge down", registry=r
+        )
         self.judge_in_flight = Gauge("scribe_judge_in_flight", "Judge calls in flight", registry=r)
         self.pending = Gauge(
             "scribe_pending_trajectories", "Trajectories accepted, not yet answered", registry=r

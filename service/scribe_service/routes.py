@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
+from typing import Any
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
@@ -26,25 +26,41 @@ from scribe_client.protocol import (
 from scribe_service.deps import PipelineDep, SettingsDep
 from scribe_service.errors import InputLimitError, ServiceError
 from scribe_service.library import Prototype
-from scribe_service.pipeline.judge import JudgeError
+from scribe_service.resilience import probe
 
 READY_CHECK_TIMEOUT = 5.0
 
 router = APIRouter(
     responses={
+        400: {"model": ErrorResponse, "description": "The body is not valid JSON."},
+        401: {"model": ErrorResponse, "description": "Missing or wrong API key (when set)."},
+        413: {"model": ErrorResponse, "description": "Body larger than SCRIBE_MAX_BODY_BYTES."},
         422: {"model": ErrorResponse, "description": "Invalid request; `param` names the field."},
         500: {"model": ErrorResponse},
     }
 )
 
+# What a judged route may answer besides success: come back later, with Retry-After.
+SCORING_RESPONSES: dict[int | str, dict[str, Any]] = {
+    429: {"model": ErrorResponse, "description": "Too many trajectories waiting (Retry-After)."},
+    503: {"model": ErrorResponse, "description": "The judge is unreachable (Retry-After)."},
+}
 
-@router.post("/v1/score", response_model=ScoreResponse, tags=["scoring"])
+
+@router.post(
+    "/v1/score", response_model=ScoreResponse, responses=SCORING_RESPONSES, tags=["scoring"]
+)
 async def score(request: ScoreRequest, pipeline: PipelineDep) -> ScoreResponse:
     """Score one trajectory: a reward per step against its skill prototype, and the scalars."""
     return await pipeline.score(request)
 
 
-@router.post("/v1/score/batch", response_model=BatchScoreResponse, tags=["scoring"])
+@router.post(
+    "/v1/score/batch",
+    response_model=BatchScoreResponse,
+    responses=SCORING_RESPONSES,
+    tags=["scoring"],
+)
 async def score_batch(
     request: BatchScoreRequest, pipeline: PipelineDep, settings: SettingsDep
 ) -> BatchScoreResponse:
@@ -124,13 +140,13 @@ async def healthz() -> HealthResponse:
 async def readyz(pipeline: PipelineDep) -> JSONResponse:
     """Readiness: index loaded and the judge answering."""
     checks = {"library": True, "index": pipeline.index.size > 0, "judge": False}
-    detail = None
+    detail: str | None = "judge: none configured"
     if pipeline.judge is not None:
-        try:
-            await asyncio.wait_for(pipeline.judge.backend.check(), READY_CHECK_TIMEOUT)
-            checks["judge"] = True
-        except (JudgeError, TimeoutError) as exc:
-            detail = f"judge: {exc or 'no answer within ' + str(READY_CHECK_TIMEOUT) + 's'}"
+        error = await probe(pipeline.judge.backend.check, READY_CHECK_TIMEOUT)
+        pipeline.judge.health.record_probe(error)
+        # One missed check of a busy judge is not an outage; the health threshold decides.
+        checks["judge"] = pipeline.judge.health.available
+        detail = None if error is None else f"judge: {error}"
     ready = all(checks.values())
     body = ReadyResponse(
         ready=ready,

@@ -29,6 +29,10 @@ class Settings(BaseSettings):
     host: str = Field(default="127.0.0.1", description="Address `scribe serve` binds.")
     port: int = Field(default=8000, ge=1, le=65535)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["text", "json"] = Field(
+        default="text",
+        description="`json`: one JSON object per line, for log collectors; `text`: key=value.",
+    )
     shutdown_grace: int = Field(
         default=60,
         ge=1,
@@ -99,6 +103,29 @@ class Settings(BaseSettings):
     retry_after: int = Field(default=5, ge=1, description="Seconds sent in Retry-After on 429.")
     judge_max_attempts: int = Field(
         default=3, ge=1, description="Tries per step for transient errors or invalid output."
+    )
+    judge_backoff: float = Field(
+        default=0.5, ge=0, description="Base of the jittered exponential backoff, seconds."
+    )
+    judge_backoff_max: float = Field(
+        default=10.0, ge=0, description="Longest wait before a retry (a judge's Retry-After too)."
+    )
+    judge_retry_budget: float = Field(
+        default=0.2,
+        ge=0,
+        description="Retries may add at most this many calls per first attempt, over time.",
+    )
+    judge_unreachable_after: int = Field(
+        default=3,
+        ge=1,
+        description="Consecutive calls that cannot reach the judge before it is marked down "
+        "and /v1/score answers 503.",
+    )
+    judge_probe_interval: float = Field(
+        default=5.0,
+        gt=0,
+        description="Seconds between checks of the judge; a check that succeeds brings a "
+        "judge marked down back.",
     )
     judge_temperature: float = Field(default=0.0, ge=0.0)
     judge_max_tokens: int = Field(default=200, ge=16)

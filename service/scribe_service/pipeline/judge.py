@@ -14,6 +14,7 @@ Error tree (`type` in parentheses, as reported per step):
 
     JudgeError
     ├── JudgeUnavailable (judge_unavailable)        cannot connect / model not loaded
+    ├── JudgeConnectionLost (judge_connection_lost) connected, then dropped before replying
     ├── JudgeTimeout (judge_timeout)                no reply within the timeout
     ├── JudgeHTTPError (judge_http)                 the server answered an error status
     └── JudgeInvalidOutput (judge_invalid_output)   a reply that is not a valid verdict
@@ -25,7 +26,6 @@ import asyncio
 import json
 import logging
 import os
-import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +35,7 @@ import httpx
 
 from scribe_service.library import Prototype
 from scribe_service.metrics import Metrics
+from scribe_service.resilience import JudgeHealth, RetryBudget, backoff_delay
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,13 @@ class JudgeUnavailable(JudgeError):
     transient = True
 
 
+class JudgeConnectionLost(JudgeError):
+    """Reached the judge, but the connection broke before a full reply."""
+
+    type = "judge_connection_lost"
+    transient = True
+
+
 class JudgeTimeout(JudgeError):
     type = "judge_timeout"
     transient = True
@@ -60,10 +68,19 @@ class JudgeTimeout(JudgeError):
 class JudgeHTTPError(JudgeError):
     type = "judge_http"
 
-    def __init__(self, status_code: int, message: str) -> None:
+    def __init__(self, status_code: int, message: str, retry_after: float | None = None) -> None:
         super().__init__(f"judge answered HTTP {status_code}: {message}")
         self.status_code = status_code
         self.transient = status_code == 429 or status_code >= 500
+        self.retry_after = retry_after
+        """Seconds the judge asked us to wait (its `Retry-After`), if it said."""
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    try:
+        return max(0.0, float(response.headers["retry-after"]))
+    except (KeyError, ValueError):  # absent, or the HTTP-date form nobody's judge sends
+        return None
 
 
 class JudgeInvalidOutput(JudgeError):
@@ -215,10 +232,16 @@ class OpenAIJudge:
             response = await self._client.request(method, path, **kwargs)
         except httpx.TimeoutException as exc:
             raise JudgeTimeout(f"judge did not answer in time ({type(exc).__name__})") from exc
-        except httpx.TransportError as exc:
+        except (httpx.ConnectError, httpx.UnsupportedProtocol) as exc:
             raise JudgeUnavailable(f"cannot reach the judge: {type(exc).__name__}: {exc}") from exc
+        except httpx.TransportError as exc:
+            raise JudgeConnectionLost(
+                f"connection to the judge failed mid-call: {type(exc).__name__}: {exc}"
+            ) from exc
         if response.status_code != 200:
-            raise JudgeHTTPError(response.status_code, response.text[:300])
+            raise JudgeHTTPError(
+                response.status_code, response.text[:300], retry_after=_retry_after(response)
+            )
         try:
             body = response.json()
         except ValueError as exc:
@@ -328,7 +351,12 @@ class EmbeddedJudge:
 
 
 class Judge:
-    """Bounded, retrying access to a backend: `verdict()` returns a Verdict or raises."""
+    """Bounded, retrying access to a backend: `verdict()` returns a Verdict or raises.
+
+    Transient failures (cannot connect, timeouts, 429 and 5xx, invalid output) are retried
+    up to `max_attempts` with jittered exponential backoff, while the retry budget allows and
+    the judge is not known to be down; anything else fails the step at once.
+    """
 
     def __init__(
         self,
@@ -339,28 +367,28 @@ class Judge:
         max_attempts: int,
         sampling: Sampling,
         backoff: float = 0.5,
+        backoff_max: float = 10.0,
+        retry_budget: RetryBudget | None = None,
+        health: JudgeHealth | None = None,
         metrics: Metrics | None = None,
     ) -> None:
         self.backend = backend
+        self.health = health or JudgeHealth()
         self._metrics = metrics or Metrics()
         self._slots = asyncio.Semaphore(concurrency)
         self._timeout = timeout
         self._max_attempts = max_attempts
         self._sampling = sampling
         self._backoff = backoff
+        self._backoff_max = backoff_max
+        self._budget = retry_budget or RetryBudget(ratio=0.2)
 
     async def _call(self, messages: Messages, prototype: Prototype, sampling: Sampling) -> Verdict:
         outcome = "ok"
         try:
             async with self._slots:
                 with self._metrics.judge_in_flight.track_inprogress():
-                    try:
-                        raw = await asyncio.wait_for(
-                            self.backend.complete(messages, verdict_schema(prototype), sampling),
-                            self._timeout,
-                        )
-                    except TimeoutError as exc:
-                        raise JudgeTimeout(f"no verdict within {self._timeout:g}s") from exc
+                    raw = await self._complete(messages, prototype, sampling)
             return parse_verdict(raw, prototype)
         except JudgeError as exc:
             outcome = exc.type
@@ -368,13 +396,43 @@ class Judge:
         finally:
             self._metrics.judge_calls.labels(outcome).inc()
 
+    async def _complete(self, messages: Messages, prototype: Prototype, sampling: Sampling) -> str:
+        try:
+            raw = await asyncio.wait_for(
+                self.backend.complete(messages, verdict_schema(prototype), sampling), self._timeout
+            )
+        except TimeoutError as exc:
+            raise JudgeTimeout(f"no verdict within {self._timeout:g}s") from exc
+        except JudgeUnavailable as exc:
+            self.health.record_unreachable(str(exc))
+            raise
+        except JudgeError:
+            self.health.record_answer()  # a bad answer is still an answer: the judge is there
+            raise
+        self.health.record_answer()
+        return raw
+
+    def _no_retry_reason(self, exc: JudgeError, attempt: int) -> str | None:
+        if not exc.transient or attempt == self._max_attempts:
+            return "" if attempt == 1 else f"after {attempt} attempts"
+        if isinstance(exc, JudgeUnavailable) and not self.health.available:
+            return "not retried: the judge is marked unavailable"
+        if not self._budget.try_spend():
+            self._metrics.judge_retries_denied.inc()
+            return "not retried: the retry budget is spent"
+        return None
+
     async def verdict(self, messages: Messages, prototype: Prototype) -> Verdict:
         sampling = self._sampling
+        self._budget.record_attempt()
         for attempt in range(1, self._max_attempts + 1):
             try:
                 return await self._call(messages, prototype, sampling)
             except JudgeError as exc:
-                if not exc.transient or attempt == self._max_attempts:
+                reason = self._no_retry_reason(exc, attempt)
+                if reason is not None:
+                    if reason:
+                        exc.args = (f"{exc} ({reason})",)
                     raise
                 log.warning("judge attempt %d failed (%s): %s", attempt, exc.type, exc)
                 self._metrics.judge_retries.inc()
@@ -385,6 +443,11 @@ class Judge:
                         max_tokens=sampling.max_tokens,
                         seed=None if sampling.seed is None else sampling.seed + attempt,
                     )
-                else:
-                    await asyncio.sleep(self._backoff * 2 ** (attempt - 1) * random.random())
+                    continue
+                retry_after = exc.retry_after if isinstance(exc, JudgeHTTPError) else None
+                await asyncio.sleep(
+                    backoff_delay(
+                        attempt, base=self._backoff, cap=self._backoff_max, retry_after=retry_after
+                    )
+                )
         raise AssertionError("unreachable")  # the loop returns or raises

@@ -24,7 +24,7 @@ from scribe_client.protocol import (
     StepResult,
     StepRoute,
 )
-from scribe_service.errors import InputLimitError, OverloadedError
+from scribe_service.errors import InputLimitError, OverloadedError, UnavailableError
 from scribe_service.library import Library
 from scribe_service.limits import InputLimits
 from scribe_service.metrics import Metrics
@@ -99,6 +99,7 @@ class Pipeline:
         request_deadline: float | None = None,
         max_pending: int | None = None,
         retry_after: int = 5,
+        unavailable_retry_after: int = 5,
         metrics: Metrics | None = None,
     ) -> None:
         self.library = library
@@ -112,6 +113,7 @@ class Pipeline:
         self._request_deadline = request_deadline
         self._max_pending = max_pending
         self._retry_after = retry_after
+        self._unavailable_retry_after = unavailable_retry_after
         self.pending = 0
         """Trajectories accepted for scoring and not yet answered."""
         self.metrics = metrics or Metrics()
@@ -170,6 +172,14 @@ class Pipeline:
         return response
 
     async def score_batch(self, requests: Sequence[ScoreRequest]) -> list[ScoreResponse]:
+        if self.judge is not None and not self.judge.health.available:
+            # Every step would fail anyway: say so at once, and when to come back.
+            self.metrics.unavailable_rejections.inc()
+            raise UnavailableError(
+                f"the judge is unreachable ({self.judge.health.reason}); scoring resumes "
+                "automatically when it answers again",
+                self._unavailable_retry_after,
+            )
         # Admission control: beyond the bound a caller is told to come back (429 with
         # Retry-After) instead of queueing without limit behind the judge.
         if self._max_pending is not None and self.pending + len(requests) > self._max_pending:

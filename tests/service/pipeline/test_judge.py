@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import httpx
@@ -9,6 +10,7 @@ import pytest
 from scribe_service.library import Library, Prototype
 from scribe_service.pipeline.judge import (
     Judge,
+    JudgeConnectionLost,
     JudgeHTTPError,
     JudgeInvalidOutput,
     JudgeTimeout,
@@ -18,6 +20,7 @@ from scribe_service.pipeline.judge import (
     parse_verdict,
     verdict_schema,
 )
+from scribe_service.resilience import JudgeHealth, RetryBudget
 from support import FakeJudge
 
 
@@ -110,6 +113,52 @@ async def test_transient_errors_are_retried(prototype: Prototype) -> None:
     assert (await _judge(backend).verdict([], prototype)).score == 3
 
 
+@pytest.mark.anyio
+async def test_retry_budget_stops_retry_storms(prototype: Prototype) -> None:
+    backend = FakeJudge(replies=[JudgeHTTPError(503, "busy") for _ in range(10)])
+    judge = Judge(
+        backend, concurrency=1, timeout=5, max_attempts=3, sampling=Sampling(), backoff=0,
+        retry_budget=RetryBudget(ratio=0.0, capacity=1.0),
+    )  # fmt: skip
+    for _ in range(2):
+        with pytest.raises(JudgeHTTPError, match="retry budget is spent"):
+            await judge.verdict([], prototype)
+    assert len(backend.prompts) == 3  # 1 + the one retry the budget held, then 1 with none
+
+
+@pytest.mark.anyio
+async def test_a_judge_marked_down_is_not_retried(prototype: Prototype) -> None:
+    backend = FakeJudge(replies=[JudgeUnavailable("refused") for _ in range(10)])
+    judge = Judge(
+        backend, concurrency=1, timeout=5, max_attempts=5, sampling=Sampling(), backoff=0,
+        health=JudgeHealth(threshold=2),
+    )  # fmt: skip
+    with pytest.raises(JudgeUnavailable, match="marked unavailable"):
+        await judge.verdict([], prototype)
+    assert len(backend.prompts) == 2 and not judge.health.available
+
+
+@pytest.mark.anyio
+async def test_any_answer_counts_as_reachable(prototype: Prototype) -> None:
+    health = JudgeHealth(threshold=2)
+    backend = FakeJudge(replies=[JudgeUnavailable("refused"), "garbage", JudgeUnavailable("x")])
+    judge = Judge(
+        backend, concurrency=1, timeout=5, max_attempts=3, sampling=Sampling(), backoff=0,
+        health=health,
+    )  # fmt: skip
+    with pytest.raises(JudgeUnavailable):
+        await judge.verdict([], prototype)
+    assert health.available  # the garbage reply in between reset the count
+
+
+@pytest.mark.anyio
+async def test_judge_retry_after_is_honoured(prototype: Prototype) -> None:
+    backend = FakeJudge(replies=[JudgeHTTPError(429, "slow down", retry_after=0.3), _reply(2)])
+    started = time.monotonic()
+    assert (await _judge(backend).verdict([], prototype)).score == 2
+    assert time.monotonic() - started >= 0.3
+
+
 def _openai_judge(handler: Any, dialect: str = "json_schema", **kw: Any) -> OpenAIJudge:
     return OpenAIJudge(
         "http://judge.test", dialect=dialect, transport=httpx.MockTransport(handler), **kw
@@ -178,11 +227,24 @@ async def test_openai_judge_transport_errors() -> None:
     def slow(request: httpx.Request) -> httpx.Response:
         raise httpx.ReadTimeout("slow", request=request)
 
-    for handler, error in ((refuse, JudgeUnavailable), (slow, JudgeTimeout)):
+    def dropped(request: httpx.Request) -> httpx.Response:
+        raise httpx.RemoteProtocolError("Server disconnected", request=request)
+
+    cases = ((refuse, JudgeUnavailable), (slow, JudgeTimeout), (dropped, JudgeConnectionLost))
+    for handler, error in cases:
         judge = _openai_judge(handler, model="m")
         with pytest.raises(error):
             await judge.complete([], {}, Sampling())
         await judge.aclose()
+
+
+@pytest.mark.anyio
+async def test_openai_judge_reads_retry_after() -> None:
+    judge = _openai_judge(lambda r: httpx.Response(429, headers={"Retry-After": "2"}), model="m")
+    with pytest.raises(JudgeHTTPError) as caught:
+        await judge.complete([], {}, Sampling())
+    assert caught.value.retry_after == 2.0 and caught.value.transient
+    await judge.aclose()
 
 
 def test_api_base_appends_v1_only_to_bare_hosts() -> None:

@@ -1,0 +1,125 @@
+"""How the service treats a judge that fails: when to retry, how long to wait, how many retries
+it may add overall, and whether the judge is reachable at all.
+
+A training run sends rewards requests for days. When the judge stumbles, naive retries
+multiply the load exactly when it can least take it, and a dead judge turns every request into
+a slow failure. So: retries wait with jittered exponential backoff (and honour a judge's own
+`Retry-After`), a budget caps retries to a fraction of first attempts, and `JudgeHealth`
+marks the judge down after repeated connection failures or a failed probe. While it is down
+the service answers 503 at once; a background probe lets requests back in when it returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+
+log = logging.getLogger(__name__)
+
+
+def backoff_delay(
+    attempt: int,
+    *,
+    base: float,
+    cap: float,
+    retry_after: float | None = None,
+    rng: Callable[[], float] = random.random,
+) -> float:
+    """Seconds to wait before retry number `attempt` (1-based).
+
+    Full jitter over an exponential ceiling spreads retries from many concurrent steps
+    instead of synchronising them; a server's `Retry-After` is a floor, both under `cap`.
+    """
+    delay: float = rng() * min(cap, base * 2 ** (attempt - 1))
+    if retry_after is not None:
+        delay = max(delay, min(retry_after, cap))
+    return delay
+
+
+class RetryBudget:
+    """Retries may add at most `ratio` extra calls per first attempt, over time.
+
+    A token bucket: every first attempt deposits `ratio` tokens (up to `capacity`, which is
+    also the starting reserve, so a quiet service can still retry a few isolated failures);
+    every retry spends one. When the judge fails everything, retries dry up after the
+    reserve instead of tripling the load.
+    """
+
+    def __init__(self, ratio: float, capacity: float = 10.0) -> None:
+        self.ratio = ratio
+        self.capacity = capacity
+        self.tokens = capacity
+
+    def record_attempt(self) -> None:
+        self.tokens = min(self.capacity, self.tokens + self.ratio)
+
+    def try_spend(self) -> bool:
+        if self.tokens < 1.0:
+            return False
+        self.tokens -= 1.0
+        return True
+
+
+class JudgeHealth:
+    """Whether the judge can be reached, from call outcomes and periodic probes.
+
+    Down after `threshold` consecutive failures to reach it (calls that could not connect,
+    probes that failed or got no answer in time); up again after any answer, to a call or a
+    probe. One slow probe is not an outage: a single-slot server such as llama.cpp's may not
+    answer `/models` while it generates, but then its verdicts keep resetting the count.
+    Only reachability counts here: a judge that answers badly is a per-step failure.
+    """
+
+    def __init__(self, threshold: int = 3) -> None:
+        self.threshold = threshold
+        self.available = True
+        self.reason: str | None = None
+        self.changed_at = time.monotonic()
+        self._unreachable = 0
+
+    def record_answer(self) -> None:
+        self._unreachable = 0
+        if not self.available:
+            self._set(True, None)
+
+    def record_probe(self, error: str | None) -> None:
+        if error is None:
+            self.record_answer()
+        else:
+            self.record_unreachable(error)
+
+    def record_unreachable(self, reason: str) -> None:
+        self._unreachable += 1
+        if not self.available:
+            self.reason = reason
+        elif self._unreachable >= self.threshold:
+            self._set(False, reason)
+
+    def _set(self, available: bool, reason: str | None) -> None:
+        self.available, self.reason, self.changed_at = available, reason, time.monotonic()
+        if available:
+            log.warning("judge is reachable again")
+        else:
+            log.error("judge marked unavailable: %s", reason)
+
+    async def probe_forever(
+        self, check: Callable[[], Awaitable[None]], *, interval: float, timeout: float
+    ) -> None:
+        """Probe every `interval` seconds until cancelled (run it as a task for the lifespan)."""
+        while True:
+            self.record_probe(await probe(check, timeout))
+            await asyncio.sleep(interval)
+
+
+async def probe(check: Callable[[], Awaitable[None]], timeout: float) -> str | None:
+    """Run a judge check; None when it answered, else why not."""
+    try:
+        await asyncio.wait_for(check(), timeout)
+    except TimeoutError:
+        return f"no answer within {timeout:g}s"
+    except Exception as exc:  # any failure of the check means "not reachable now"
+        return str(exc) or type(exc).__name__
+    return None

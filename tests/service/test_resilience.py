@@ -1,0 +1,77 @@
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from scribe_service.pipeline.judge import JudgeUnavailable
+from scribe_service.resilience import JudgeHealth, RetryBudget, backoff_delay, probe
+
+
+def test_backoff_is_jittered_exponential_under_a_cap() -> None:
+    assert [backoff_delay(n, base=0.5, cap=3, rng=lambda: 1.0) for n in (1, 2, 3, 4)] == [
+        0.5,
+        1.0,
+        2.0,
+        3.0,
+    ]
+    assert backoff_delay(3, base=0.5, cap=3, rng=lambda: 0.25) == 0.5
+
+
+def test_retry_after_is_a_floor_under_the_cap() -> None:
+    assert backoff_delay(1, base=0.5, cap=10, retry_after=4, rng=lambda: 0.0) == 4
+    assert backoff_delay(1, base=0.5, cap=10, retry_after=60, rng=lambda: 0.0) == 10
+
+
+def test_retry_budget_refills_with_first_attempts() -> None:
+    budget = RetryBudget(ratio=0.5, capacity=1.0)
+    assert budget.try_spend() and not budget.try_spend()
+    budget.record_attempt()
+    assert not budget.try_spend()  # half a token
+    budget.record_attempt()
+    assert budget.try_spend()
+    for _ in range(10):
+        budget.record_attempt()
+    assert budget.tokens == 1.0  # never more than the capacity
+
+
+def test_health_trips_after_consecutive_unreachable_calls_only() -> None:
+    health = JudgeHealth(threshold=3)
+    health.record_unreachable("refused")
+    health.record_unreachable("refused")
+    health.record_answer()
+    health.record_unreachable("refused")
+    health.record_unreachable("refused")
+    assert health.available
+    health.record_unreachable("refused")
+    assert not health.available and health.reason == "refused"
+    health.record_answer()
+    assert health.available and health.reason is None
+
+
+def test_probes_count_like_calls() -> None:
+    health = JudgeHealth(threshold=2)
+    health.record_probe("no answer within 5s")  # one slow probe of a busy judge: still up
+    assert health.available
+    health.record_unreachable("connection refused")
+    assert not health.available and health.reason == "connection refused"
+    health.record_probe("still refused")
+    assert health.reason == "still refused"
+    health.record_probe(None)
+    assert health.available
+
+
+@pytest.mark.anyio
+async def test_probe_reports_errors_and_timeouts() -> None:
+    async def ok() -> None:
+        return None
+
+    async def down() -> None:
+        raise JudgeUnavailable("cannot reach the judge")
+
+    async def hang() -> None:
+        await asyncio.sleep(10)
+
+    assert await probe(ok, 1) is None
+    assert await probe(down, 1) == "cannot reach the judge"
+    assert await probe(hang, 0.05) == "no answer within 0.05s"
