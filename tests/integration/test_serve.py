@@ -4,18 +4,16 @@ and the Python client over HTTP."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from scribe_client import RewardClient
 from scribe_client.protocol import ScoreResponse
 from scribe_service.cli import main
-from support import PROTOTYPES, free_port, stop, wait_for
+from support import scribe_server
 
 pytestmark = pytest.mark.real
 
@@ -23,26 +21,20 @@ COMPLETION = "First, compute 3 * 4 = 12, then add 1: the answer is 13."
 
 
 @pytest.fixture(scope="module")
-def served(judge_gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = free_port()
+def serve_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("serve") / "serve.log"
+
+
+@pytest.fixture(scope="module")
+def served(judge_gguf: Path, serve_log: Path) -> Iterator[str]:
     env = {
-        **os.environ,
-        "SCRIBE_PORT": str(port),
-        "SCRIBE_PROTOTYPES_DIR": str(PROTOTYPES),
         "SCRIBE_CACHE_DIR": str(judge_gguf.parent),
         "SCRIBE_MAX_STEP_CHARS": "800",
         "SCRIBE_MAX_CONTEXT_CHARS": "600",
+        "SCRIBE_LOG_FORMAT": "json",
     }
-    log = (tmp_path_factory.mktemp("serve") / "serve.log").open("wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "scribe_service.cli", "serve"], env=env, stdout=log, stderr=log
-    )
-    try:
-        wait_for(f"http://127.0.0.1:{port}/readyz", process, timeout=180)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        stop(process)
-        log.close()
+    with scribe_server(serve_log, env) as url:
+        yield url
 
 
 def test_serve_is_ready_and_scores_over_http(served: str) -> None:
@@ -86,3 +78,19 @@ def test_cli_against_the_served_service(
     [line] = results.read_text().splitlines()
     result = ScoreResponse.model_validate_json(line)
     assert result.request_id == "cli" and result.steps[0].score in (0, 1, 2, 3)
+
+
+def test_logs_are_json_lines_carrying_the_request_id(served: str, serve_log: Path) -> None:
+    response = httpx.post(
+        f"{served}/v1/route",
+        json={"completion": "Step 1: Factor 196."},
+        headers={"X-Request-ID": "trace-me-42"},
+    )
+    assert response.status_code == 200 and response.headers["X-Request-ID"] == "trace-me-42"
+    # Native libraries may print their own lines; ours are the JSON objects.
+    lines = serve_log.read_text().splitlines()
+    records = [json.loads(line) for line in lines if line.startswith("{")]
+    access = [r for r in records if r["request_id"] == "trace-me-42"]
+    assert access and access[-1]["path"] == "/v1/route" and access[-1]["status"] == 200
+    assert {"ts", "level", "logger", "message", "duration_ms"} <= access[-1].keys()
+    assert any(r["logger"] == "uvicorn.error" for r in records)  # uvicorn's own lines too
