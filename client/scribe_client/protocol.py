@@ -34,6 +34,8 @@ __all__ = [
     "PrototypeList",
     "PrototypeSummary",
     "ReadyResponse",
+    "RemoteRMRequest",
+    "RemoteRMResponse",
     "RouteRequest",
     "RouteResponse",
     "ScoreOptions",
@@ -394,3 +396,37 @@ class ErrorResponse(_Response):
     """The one error shape every route uses."""
 
     error: ErrorDetail
+
+
+# --- OpenRLHF's remote reward-model protocol (POST /get_reward) ----------------------------
+
+
+class RemoteRMRequest(_Lenient):
+    """What OpenRLHF posts to `--remote_rm_url`: one entry per sample in each list.
+
+    `query` is the prompt and the response decoded together, special tokens included;
+    `prompts` the prompts as given to the engine; `labels` the dataset's `--label_key` values.
+    Older releases send `query` alone.
+    """
+
+    query: list[str]
+    prompts: list[str] | None = None
+    labels: list[Any] | None = None
+
+    @model_validator(mode="after")
+    def _same_lengths(self) -> RemoteRMRequest:
+        for name in ("prompts", "labels"):
+            values = getattr(self, name)
+            if values is not None and len(values) != len(self.query):
+                raise ValueError(f"`{name}` has {len(values)} entries, `query` {len(self.query)}")
+        return self
+
+
+class RemoteRMResponse(_Response):
+    """OpenRLHF's expected answer: a reward per sample, always a number."""
+
+    rewards: list[float] = Field(description="The reward per sample, in request order.")
+    scores: list[float] = Field(description="The same, read by OpenRLHF's dynamic filtering.")
+    extra_logs: dict[str, list[float]] = Field(
+        default_factory=dict, description="Per-sample values OpenRLHF logs beside the reward."
+    )

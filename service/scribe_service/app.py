@@ -145,6 +145,7 @@ def create_app(
                     pipeline.judge.backend.check,
                     interval=settings.judge_probe_interval,
                     timeout=READY_CHECK_TIMEOUT,
+                    busy=lambda: pipeline.pending > 0,
                 ),
                 name="judge-probe",
             )

@@ -16,6 +16,7 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
 
@@ -85,11 +86,13 @@ class JudgeHealth:
         if not self.available:
             self._set(True, None)
 
-    def record_probe(self, error: str | None) -> None:
-        if error is None:
+    def record_probe(self, result: ProbeResult, *, busy: bool = False) -> None:
+        """Count a probe. A probe that timed out while our own calls are waiting on the judge
+        proves nothing: a single-slot server (llama.cpp's) answers no probe mid-generation."""
+        if result.error is None:
             self.record_answer()
-        else:
-            self.record_unreachable(error)
+        elif not (result.timed_out and busy):
+            self.record_unreachable(result.error)
 
     def record_unreachable(self, reason: str) -> None:
         self._unreachable += 1
@@ -106,20 +109,36 @@ class JudgeHealth:
             log.error("judge marked unavailable: %s", reason)
 
     async def probe_forever(
-        self, check: Callable[[], Awaitable[None]], *, interval: float, timeout: float
+        self,
+        check: Callable[[], Awaitable[None]],
+        *,
+        interval: float,
+        timeout: float,
+        busy: Callable[[], bool] = lambda: False,
     ) -> None:
-        """Probe every `interval` seconds until cancelled (run it as a task for the lifespan)."""
+        """Probe every `interval` seconds until cancelled (run it as a task for the lifespan);
+        `busy()` says whether the service has calls of its own waiting on the judge."""
         while True:
-            self.record_probe(await probe(check, timeout))
+            self.record_probe(await probe(check, timeout), busy=busy())
             await asyncio.sleep(interval)
 
 
-async def probe(check: Callable[[], Awaitable[None]], timeout: float) -> str | None:
-    """Run a judge check; None when it answered, else why not."""
+@dataclass(frozen=True)
+class ProbeResult:
+    error: str | None = None
+    """None when the judge answered the check, else why not."""
+    timed_out: bool = False
+
+
+async def probe(check: Callable[[], Awaitable[None]], timeout: float) -> ProbeResult:
+    """Run a judge check, bounded by `timeout`."""
     try:
-        await asyncio.wait_for(check(), timeout)
+        # Not asyncio.wait_for: on 3.11 it can swallow a cancellation that lands as the check
+        # finishes, and the lifespan would then wait forever for the probe task to end.
+        async with asyncio.timeout(timeout):
+            await check()
     except TimeoutError:
-        return f"no answer within {timeout:g}s"
+        return ProbeResult(f"no answer within {timeout:g}s", timed_out=True)
     except Exception as exc:  # any failure of the check means "not reachable now"
-        return str(exc) or type(exc).__name__
-    return None
+        return ProbeResult(str(exc) or type(exc).__name__)
+    return ProbeResult()

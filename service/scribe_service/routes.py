@@ -18,13 +18,16 @@ from scribe_client.protocol import (
     PrototypeList,
     PrototypeSummary,
     ReadyResponse,
+    RemoteRMRequest,
+    RemoteRMResponse,
     RouteRequest,
     RouteResponse,
     ScoreRequest,
     ScoreResponse,
 )
+from scribe_service import remote_rm
 from scribe_service.deps import PipelineDep, SettingsDep
-from scribe_service.errors import InputLimitError, ServiceError
+from scribe_service.errors import InputLimitError, ServiceError, UnavailableError
 from scribe_service.library import Prototype
 from scribe_service.resilience import probe
 
@@ -72,6 +75,27 @@ async def score_batch(
             "(SCRIBE_MAX_BATCH)",
         )
     return BatchScoreResponse(results=await pipeline.score_batch(request.requests))
+
+
+@router.post("/get_reward", response_model=RemoteRMResponse, tags=["trainers"])
+async def get_reward(
+    request: RemoteRMRequest, pipeline: PipelineDep, settings: SettingsDep
+) -> RemoteRMResponse:
+    """OpenRLHF's remote reward model (`--remote_rm_url http://…/get_reward`)."""
+    if len(request.query) > settings.max_batch:
+        raise InputLimitError(
+            "query",
+            f"{len(request.query)} queries, more than the limit of {settings.max_batch} "
+            "(SCRIBE_MAX_BATCH)",
+        )
+    samples = remote_rm.samples(request, labels_are_outcomes=settings.remote_rm_labels_are_outcomes)
+    scorable = [s.request for s in samples if s.request is not None]
+    try:
+        results = await pipeline.score_batch(scorable) if scorable else []
+    except UnavailableError:
+        # A 503 here would end the OpenRLHF run; its samples get the stand-in instead.
+        results = None
+    return remote_rm.response(samples, results, failure_reward=settings.remote_rm_failure_reward)
 
 
 @router.post("/v1/route", response_model=RouteResponse, tags=["scoring"])
@@ -142,11 +166,11 @@ async def readyz(pipeline: PipelineDep) -> JSONResponse:
     checks = {"library": True, "index": pipeline.index.size > 0, "judge": False}
     detail: str | None = "judge: none configured"
     if pipeline.judge is not None:
-        error = await probe(pipeline.judge.backend.check, READY_CHECK_TIMEOUT)
-        pipeline.judge.health.record_probe(error)
+        result = await probe(pipeline.judge.backend.check, READY_CHECK_TIMEOUT)
+        pipeline.judge.health.record_probe(result, busy=pipeline.pending > 0)
         # One missed check of a busy judge is not an outage; the health threshold decides.
         checks["judge"] = pipeline.judge.health.available
-        detail = None if error is None else f"judge: {error}"
+        detail = None if result.error is None else f"judge: {result.error}"
     ready = all(checks.values())
     body = ReadyResponse(
         ready=ready,

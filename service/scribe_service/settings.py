@@ -148,6 +148,17 @@ class Settings(BaseSettings):
         default=1500, ge=0, description="Budget for the task and earlier steps in the prompt."
     )
 
+    # --- OpenRLHF's remote reward model (POST /get_reward) ---
+    remote_rm_failure_reward: float = Field(
+        default=0.0,
+        description="/get_reward's reward for a sample that could not be scored and whose "
+        "label gave no outcome (OpenRLHF cannot take a missing reward); extra_logs flags it.",
+    )
+    remote_rm_labels_are_outcomes: bool = Field(
+        default=True,
+        description="Read a /get_reward label that is a number in [0, 1] as the outcome.",
+    )
+
     @model_validator(mode="after")
     def _normalise_judge_url(self) -> Settings:
         if self.judge_url is not None:

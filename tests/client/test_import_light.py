@@ -7,9 +7,11 @@ import os
 import subprocess
 import sys
 import types
-from pathlib import Path
+
+import pytest
 
 import scribe_client
+from support import ROOT
 
 HEAVY_MODULES = [
     "faiss",
@@ -22,22 +24,31 @@ HEAVY_MODULES = [
     "uvicorn",
 ]
 
-PROBE = f"""
+PROBE = """
 import json, sys
-import scribe_client
-print(json.dumps(sorted(name for name in {HEAVY_MODULES!r} if name in sys.modules)))
+import {module}
+print(json.dumps(sorted(name for name in {heavy!r} if name in sys.modules)))
 """
 
+# The trainer adapters run inside the trainer's process: they may add nothing heavy either.
+LIGHT_MODULES = [
+    "scribe_client",
+    "scribe_adapters.trl",
+    "scribe_adapters.verl",
+    "scribe_adapters.openrlhf",
+    "scribe_adapters.placement",
+]
 
-def test_import_pulls_in_nothing_heavy() -> None:
+
+@pytest.mark.parametrize("module", LIGHT_MODULES)
+def test_import_pulls_in_nothing_heavy(module: str) -> None:
     # A fresh interpreter: this test process may already hold the service's dependencies.
-    package_root = str(Path(scribe_client.__file__).parent.parent)
-    env = os.environ | {
-        "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))
-    }
+    roots = [str(ROOT / "client"), str(ROOT / "training_adapter"), os.environ.get("PYTHONPATH")]
+    env = os.environ | {"PYTHONPATH": os.pathsep.join(filter(None, roots))}
+    code = PROBE.format(module=module, heavy=HEAVY_MODULES)
 
     probe = subprocess.run(
-        [sys.executable, "-c", PROBE], capture_output=True, text=True, env=env, check=True
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
     )
 
     assert json.loads(probe.stdout) == []

@@ -5,7 +5,13 @@ import asyncio
 import pytest
 
 from scribe_service.pipeline.judge import JudgeUnavailable
-from scribe_service.resilience import JudgeHealth, RetryBudget, backoff_delay, probe
+from scribe_service.resilience import (
+    JudgeHealth,
+    ProbeResult,
+    RetryBudget,
+    backoff_delay,
+    probe,
+)
 
 
 def test_backoff_is_jittered_exponential_under_a_cap() -> None:
@@ -51,14 +57,22 @@ def test_health_trips_after_consecutive_unreachable_calls_only() -> None:
 
 def test_probes_count_like_calls() -> None:
     health = JudgeHealth(threshold=2)
-    health.record_probe("no answer within 5s")  # one slow probe of a busy judge: still up
-    assert health.available
+    health.record_probe(ProbeResult("no answer within 5s", timed_out=True))
+    assert health.available  # one slow probe: still up
     health.record_unreachable("connection refused")
     assert not health.available and health.reason == "connection refused"
-    health.record_probe("still refused")
+    health.record_probe(ProbeResult("still refused"))
     assert health.reason == "still refused"
-    health.record_probe(None)
+    health.record_probe(ProbeResult())
     assert health.available
+
+
+def test_a_probe_timing_out_while_our_calls_wait_proves_nothing() -> None:
+    health = JudgeHealth(threshold=1)
+    health.record_probe(ProbeResult("no answer within 5s", timed_out=True), busy=True)
+    assert health.available
+    health.record_probe(ProbeResult("connection refused"), busy=True)  # refused is refused
+    assert not health.available
 
 
 @pytest.mark.anyio
@@ -72,6 +86,6 @@ async def test_probe_reports_errors_and_timeouts() -> None:
     async def hang() -> None:
         await asyncio.sleep(10)
 
-    assert await probe(ok, 1) is None
-    assert await probe(down, 1) == "cannot reach the judge"
-    assert await probe(hang, 0.05) == "no answer within 0.05s"
+    assert await probe(ok, 1) == ProbeResult()
+    assert await probe(down, 1) == ProbeResult("cannot reach the judge")
+    assert await probe(hang, 0.05) == ProbeResult("no answer within 0.05s", timed_out=True)

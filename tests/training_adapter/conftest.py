@@ -1,0 +1,70 @@
+"""The service on real HTTP for the adapters: uvicorn in a thread, fake embedder and judge."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import uvicorn
+
+from scribe_service.app import create_app
+from scribe_service.pipeline.judge import JudgeError, Messages, Sampling
+from scribe_service.settings import Settings
+from support import PROTOTYPES, FakeEmbedder, FakeJudge, free_port
+
+
+class DownJudge(FakeJudge):
+    """Every verdict fails, as when the judge server is gone."""
+
+    async def complete(
+        self, messages: Messages, schema: dict[str, object], sampling: Sampling
+    ) -> str:
+        self.prompts.append(messages)
+        raise JudgeError("judge is down")
+
+
+def serve(judge: FakeJudge, tmp_path: Path) -> Iterator[str]:
+    settings = Settings(
+        prototypes_dir=PROTOTYPES, cache_dir=tmp_path / "cache", judge_max_attempts=1
+    )
+    app = create_app(settings, embedder=FakeEmbedder(), judge_backend=judge)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, port=port, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("the in-thread service did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def judge() -> FakeJudge:
+    return FakeJudge(score=3)
+
+
+@pytest.fixture(scope="module")
+def service_url(judge: FakeJudge, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A service whose judge gives every step 3 (reward 1.0)."""
+    yield from serve(judge, tmp_path_factory.mktemp("service"))
+
+
+@pytest.fixture(scope="module")
+def down_service_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A service whose judge fails every step."""
+    yield from serve(DownJudge(), tmp_path_factory.mktemp("down"))
+
+
+@pytest.fixture
+def closed_url() -> str:
+    """Nothing listens here."""
+    return f"http://127.0.0.1:{free_port()}"

@@ -1,0 +1,50 @@
+"""The OpenRLHF reward file, called as OpenRLHF calls it (positional lists, in a thread),
+against the service's /get_reward over HTTP (fake embedder and judge)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import torch
+
+import scribe_adapters.openrlhf
+
+PROMPT = "<|im_start|>user\nWhat is 2 + 2?<|im_end|>\n<|im_start|>assistant\n"
+QUERY = PROMPT + "2 + 2 = 4.<|im_end|>"
+
+
+def load_like_openrlhf() -> ModuleType:
+    # OpenRLHF loads `--remote_rm_url file.py` by path, not by package import.
+    path = Path(scribe_adapters.openrlhf.__file__)
+    spec = importlib.util.spec_from_file_location("reward_func", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_rewards_from_the_service(monkeypatch: pytest.MonkeyPatch, service_url: str) -> None:
+    monkeypatch.setenv("SCRIBE_URL", service_url)
+    answer = load_like_openrlhf().reward_func([QUERY, QUERY], [PROMPT, PROMPT], ["0", "x"])
+
+    assert torch.allclose(answer["rewards"], torch.tensor([0.3, 1.0]))
+    assert torch.equal(answer["scores"], answer["rewards"])
+    assert answer["extra_logs"]["scribe_failed"].tolist() == [0.0, 0.0]
+    assert answer["extra_logs"]["scribe_outcome_given"].tolist() == [1.0, 0.0]
+
+
+def test_an_unreachable_service_is_flagged_beside_the_stand_in(
+    monkeypatch: pytest.MonkeyPatch, closed_url: str
+) -> None:
+    monkeypatch.setenv("SCRIBE_URL", closed_url)
+    monkeypatch.setenv("SCRIBE_FAILURE_REWARD", "-1")
+    answer = load_like_openrlhf().reward_func([QUERY, QUERY], [PROMPT, PROMPT], ["1", "red"])
+
+    assert answer["rewards"].tolist() == [1.0, -1.0]
+    assert answer["extra_logs"]["scribe_failed"].tolist() == [1.0, 1.0]
+    assert set(answer["extra_logs"]) == {
+        "scribe_failed", "scribe_failed_steps", "scribe_outcome_given", "scribe_prompt_found",
+    }  # fmt: skip

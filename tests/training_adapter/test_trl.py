@@ -1,0 +1,109 @@
+"""The TRL reward functions, called the way GRPOTrainer calls them, against the service over
+HTTP (fake embedder and judge; tests/trainers runs the real trainer)."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from typing import Any
+
+import pytest
+
+from scribe_adapters.trl import AsyncScribeReward, ScribeReward
+from support import FakeJudge
+
+PROMPTS = ["What is 2 + 2?", "What is 3 * 5?"]
+COMPLETIONS = ["Step 1: add.\n2 + 2 = 4\nStep 2: answer.\n4", "3 * 5 = 15."]
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.logged: dict[str, float] = {}
+
+    def __call__(self, name: str, value: float) -> None:
+        self.logged[name] = value
+
+
+def call(reward: ScribeReward | AsyncScribeReward, *args: Any, **kwargs: Any) -> list[float | None]:
+    # GRPOTrainer passes everything as keywords, plus its own extras.
+    kwargs = {"completion_ids": [[1]] * len(args[1]), "trainer_state": object(), **kwargs}
+    if isinstance(reward, AsyncScribeReward):
+        return asyncio.run(reward(prompts=args[0], completions=args[1], **kwargs))
+    return reward(prompts=args[0], completions=args[1], **kwargs)
+
+
+@pytest.fixture(params=["sync", "async"])
+def make(request: pytest.FixtureRequest) -> Any:
+    return ScribeReward if request.param == "sync" else AsyncScribeReward
+
+
+def test_trl_sees_a_named_async_reward_function() -> None:
+    # TRL's own checks: a coroutine `__call__` runs concurrently; the name goes into the logs.
+    reward = AsyncScribeReward("http://unused")
+    assert inspect.iscoroutinefunction(reward.__call__)
+    assert reward.__name__ == "scribe"
+    assert ScribeReward("http://unused", name="judge").__name__ == "judge"
+
+
+def test_scores_a_batch_in_one_call_with_the_outcome_column(
+    make: Any, service_url: str, judge: FakeJudge
+) -> None:
+    before = len(judge.prompts)
+    metrics = Metrics()
+    rewards = call(make(service_url), PROMPTS, COMPLETIONS, outcome=[0.0, None], log_metric=metrics)
+
+    # Judge says 3 everywhere: process 1.0; 0.7 * 0 + 0.3 * 1 with an outcome, 1.0 without.
+    assert rewards == pytest.approx([0.3, 1.0])
+    assert len(judge.prompts) - before == 3  # two steps, then one
+    assert metrics.logged == {"scribe/failed": 0.0, "scribe/process_reward": 1.0}
+
+
+def test_an_outcome_function_with_trls_signature(make: Any, service_url: str) -> None:
+    def correct(prompts: Any, completions: Any, answer: list[str], **kwargs: Any) -> list[float]:
+        return [float(a in c) for c, a in zip(completions, answer, strict=True)]
+
+    reward = make(service_url, outcome_fn=correct)
+    assert call(reward, PROMPTS, COMPLETIONS, answer=["4", "16"]) == pytest.approx([1.0, 0.3])
+
+
+def test_conversational_tool_run(make: Any, service_url: str) -> None:
+    prompts = [[{"role": "user", "content": "Who directed Alien?"}]]
+    completions = [
+        [
+            {"role": "assistant", "content": "Search.", "tool_calls": [
+                {"type": "function", "function": {"name": "search", "arguments": {"q": "Alien"}}}
+            ]},
+            {"role": "tool", "name": "search", "content": "Ridley Scott"},
+            {"role": "assistant", "content": "<answer>Ridley Scott</answer>"},
+        ]
+    ]  # fmt: skip
+    assert call(make(service_url), prompts, completions) == [pytest.approx(1.0)]
+
+
+def test_a_failed_judge_is_none_never_zero(make: Any, down_service_url: str) -> None:
+    metrics = Metrics()
+    rewards = call(
+        make(down_service_url), PROMPTS, COMPLETIONS, outcome=[1.0, 0.0], log_metric=metrics
+    )
+    assert rewards == [None, None]
+    assert metrics.logged == {"scribe/failed": 1.0}
+
+
+def test_an_unscorable_completion_is_none_and_the_rest_scored(make: Any, service_url: str) -> None:
+    assert call(make(service_url), PROMPTS, ["", "4"]) == [None, pytest.approx(1.0)]
+
+
+def test_an_unreachable_service_is_none_or_raises(make: Any, closed_url: str) -> None:
+    assert call(make(closed_url, max_retries=0), PROMPTS, COMPLETIONS) == [None, None]
+    with pytest.raises(Exception, match="onnect"):
+        call(make(closed_url, max_retries=0, raise_errors=True), PROMPTS, COMPLETIONS)
+
+
+def test_large_batches_are_split(make: Any, service_url: str) -> None:
+    rewards = call(make(service_url, max_batch=1), PROMPTS * 2, COMPLETIONS * 2)
+    assert rewards == pytest.approx([1.0] * 4)
+
+
+def test_an_outcome_out_of_range_is_a_bug_not_a_reward(make: Any, service_url: str) -> None:
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        call(make(service_url), PROMPTS, COMPLETIONS, outcome=[2.0, 1.0])

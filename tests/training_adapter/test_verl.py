@@ -1,0 +1,92 @@
+"""The verl compute_score twins, called with the keywords verl's reward managers use, against
+the service over HTTP (fake embedder and judge; tests/trainers runs verl's own code)."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from typing import Any
+
+import pytest
+
+from scribe_adapters import verl
+
+RESPONSE = "Step 1: Add 2 and 2.\nStep 2: The total is 4.\n#### 4"
+KEYS = {
+    "score", "scribe_status", "scribe_reward", "scribe_process_reward", "scribe_outcome",
+    "scribe_steps", "scribe_failed_steps",
+}  # fmt: skip
+
+
+def gsm8k_like(data_source: str, solution_str: str, ground_truth: str, extra_info: Any) -> float:
+    return float(solution_str.rsplit("####", 1)[-1].strip() == ground_truth)
+
+
+@pytest.fixture(params=["sync", "async"])
+def compute(request: pytest.FixtureRequest) -> Any:
+    def call(**kwargs: Any) -> dict[str, Any]:
+        # verl's naive manager: keywords, extra_info from the dataset, reward_kwargs merged in.
+        if request.param == "async":
+            result: dict[str, Any] = asyncio.run(verl.compute_score_async(**kwargs))
+        else:
+            result = verl.compute_score(**kwargs)
+        return result
+
+    return call
+
+
+def args(url: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "data_source": "openai/gsm8k", "solution_str": RESPONSE, "ground_truth": "4",
+        "extra_info": {"index": 0, "question": "What is 2 + 2?"}, "scribe_url": url, **extra,
+    }  # fmt: skip
+
+
+def test_verl_detects_the_async_twin() -> None:
+    assert inspect.iscoroutinefunction(verl.compute_score_async)
+    assert not inspect.iscoroutinefunction(verl.compute_score)
+
+
+def test_process_reward_alone(compute: Any, service_url: str) -> None:
+    result = compute(**args(service_url))
+    assert set(result) == KEYS
+    assert result["score"] == pytest.approx(1.0) and result["scribe_status"] == "ok"
+    assert (result["scribe_steps"], result["scribe_failed_steps"]) == (2, 0)
+    assert result["scribe_outcome"] is None
+
+
+def test_outcome_from_a_function_by_dotted_path(compute: Any, service_url: str) -> None:
+    path = f"{__name__}.gsm8k_like"
+    right = compute(**args(service_url, outcome_fn=path))
+    wrong = compute(**args(service_url, outcome_fn=gsm8k_like, ground_truth="5"))
+    assert right["score"] == pytest.approx(1.0) and right["scribe_outcome"] == 1.0
+    assert wrong["score"] == pytest.approx(0.3) and wrong["scribe_outcome"] == 0.0
+
+
+def test_outcome_from_extra_info_and_options(compute: Any, service_url: str) -> None:
+    options = {"outcome_weight": 0.5, "process_weight": 0.5}
+    result = compute(**args(service_url, options=options, extra_info={"outcome": 0.0}))
+    assert result["score"] == pytest.approx(0.5)
+
+
+def test_a_failed_judge_falls_back_to_the_outcome(compute: Any, down_service_url: str) -> None:
+    result = compute(**args(down_service_url, outcome_fn=gsm8k_like))
+    assert set(result) == KEYS
+    assert result["score"] == 1.0 and result["scribe_reward"] is None
+    assert result["scribe_status"] in ("failed", "unavailable")
+
+
+def test_without_an_outcome_the_failure_score(compute: Any, closed_url: str) -> None:
+    result = compute(**args(closed_url, failure_score=-1.0))
+    assert result["score"] == -1.0 and result["scribe_status"] == "unavailable"
+    assert set(result) == KEYS
+
+
+def test_an_empty_response_is_invalid_not_zero(compute: Any, service_url: str) -> None:
+    result = compute(**args(service_url, solution_str="  ", failure_score=0.25))
+    assert result["score"] == 0.25 and result["scribe_status"] == "invalid"
+
+
+def test_verl_reward_router_keywords_are_accepted(compute: Any, service_url: str) -> None:
+    extra = {"reward_router_address": "127.0.0.1:1", "reward_model_tokenizer": None}
+    assert compute(**args(service_url, **extra))["scribe_status"] == "ok"

@@ -1,0 +1,187 @@
+"""verl: scribe-reward as a custom `compute_score` for verl's reward managers and Reward Loop.
+
+```yaml
+# verl >= 0.7 (reward.*); older releases use the top-level custom_reward_function block.
+reward:
+  custom_reward_function:
+    path: pkg://scribe_adapters.verl
+    name: compute_score_async        # or compute_score (verl runs it in a thread)
+    reward_kwargs:
+      scribe_url: http://scribe:8000
+      # optional: the outcome (0..1) mixed in as 0.7 * outcome + 0.3 * process reward
+      outcome_fn: verl.utils.reward_score.default_compute_score
+      failure_score: 0.0
+```
+
+verl calls it once per response as ``compute_score(data_source=…, solution_str=…,
+ground_truth=…, extra_info=…)``, with the ``reward_kwargs`` added as keywords. The response
+text is scored as one completion (the service splits the steps); ``extra_info["question"]``
+(or ``"prompt"``), when it is a string, is sent as the task.
+
+**Outcome.** A number in [0, 1] from ``extra_info["outcome"]``, else from ``outcome_fn``: a
+callable or its dotted path, called with verl's four arguments and returning a number or a
+dict with ``"score"`` (verl's own rule-based scorers qualify). Without one, the score is the
+process reward alone.
+
+**Failures.** verl cannot take a missing reward (``None`` stops training), so a response the
+service could not score gets a documented stand-in: the outcome when there is one, else
+``failure_score`` (default 0.0). ``scribe_status`` says which happened, beside the number:
+
+* ``ok`` / ``partial`` - judged (``partial``: some steps failed, the score uses the rest);
+* ``failed`` - no step could be judged; ``invalid`` - the service cannot take the response
+  (e.g. it is empty); ``unavailable`` - the service did not answer after the retries.
+
+Every call returns the same keys, which verl's Reward Loop requires: ``score``,
+``scribe_status``, ``scribe_reward``, ``scribe_process_reward``, ``scribe_outcome``,
+``scribe_steps`` and ``scribe_failed_steps`` (None where not known; verl's metrics skip
+None and strings).
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from pydantic import ValidationError
+
+from scribe_client import AsyncRewardClient, RewardClient, RewardServiceError
+from scribe_client.protocol import ScoreOptions, ScoreRequest, ScoreResponse
+
+from ._requests import check_outcome, trajectory_request
+
+__all__ = ["compute_score", "compute_score_async"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_FAILURE_SCORE = 0.0
+
+ScoreDict = dict[str, Any]
+OutcomeFn = Callable[..., Any]
+
+
+def _resolve(outcome_fn: OutcomeFn | str) -> OutcomeFn:
+    if callable(outcome_fn):
+        return outcome_fn
+    module, _, name = outcome_fn.replace(":", ".").rpartition(".")
+    found: OutcomeFn = getattr(importlib.import_module(module), name)
+    return found
+
+
+def _outcome(
+    data_source: str,
+    solution_str: str,
+    ground_truth: Any,
+    extra_info: Mapping[str, Any],
+    outcome_fn: OutcomeFn | str | None,
+) -> float | None:
+    if extra_info.get("outcome") is not None:
+        return check_outcome(extra_info["outcome"])
+    if outcome_fn is None:
+        return None
+    value = _resolve(outcome_fn)(data_source, solution_str, ground_truth, extra_info)
+    return check_outcome(value["score"] if isinstance(value, Mapping) else value)
+
+
+def _request(
+    solution_str: str,
+    extra_info: Mapping[str, Any],
+    outcome: float | None,
+    options: Mapping[str, Any],
+) -> ScoreRequest | None:
+    prompt = extra_info.get("question", extra_info.get("prompt"))
+    try:
+        return trajectory_request(
+            prompt if isinstance(prompt, str) else None,
+            solution_str,
+            outcome=outcome,
+            options=ScoreOptions.model_validate(options) if options else None,
+        )
+    except ValidationError as exc:
+        log.info("scribe: response not scored: %s", exc.errors()[0]["msg"])
+        return None
+
+
+def _score_dict(
+    result: ScoreResponse | None, status: str, outcome: float | None, failure_score: float
+) -> ScoreDict:
+    reward = None if result is None else result.reward
+    if reward is None:
+        score = outcome if outcome is not None else failure_score
+    else:
+        score = reward
+    return {
+        "score": float(score),
+        "scribe_status": status,
+        "scribe_reward": reward,
+        "scribe_process_reward": None if result is None else result.process_reward,
+        "scribe_outcome": outcome,
+        "scribe_steps": None if result is None else len(result.steps),
+        "scribe_failed_steps": None
+        if result is None
+        else sum(step.status == "failed" for step in result.steps),
+    }
+
+
+def compute_score(
+    data_source: str,
+    solution_str: str,
+    ground_truth: Any,
+    extra_info: Mapping[str, Any] | None = None,
+    *,
+    scribe_url: str | None = None,
+    scribe_api_key: str | None = None,
+    outcome_fn: OutcomeFn | str | None = None,
+    failure_score: float = DEFAULT_FAILURE_SCORE,
+    options: Mapping[str, Any] | None = None,
+    **kwargs: Any,  # noqa: ARG001 - verl's extras (reward_router_address…) are not needed
+) -> ScoreDict:
+    """Score one response through the service (blocking). See the module docstring.
+
+    ``scribe_url`` / ``scribe_api_key`` fall back to ``SCRIBE_URL`` / ``SCRIBE_API_KEY``;
+    ``options`` are `ScoreOptions` fields (``aggregation``, ``outcome_weight``, …). Other
+    keywords verl passes (``reward_router_address``…) are accepted and unused.
+    """
+    info = extra_info or {}
+    outcome = _outcome(data_source, solution_str, ground_truth, info, outcome_fn)
+    request = _request(solution_str, info, outcome, options or {})
+    if request is None:
+        return _score_dict(None, "invalid", outcome, failure_score)
+    try:
+        # A client per call: nothing to close, and a connection costs little next to judging.
+        with RewardClient(scribe_url, api_key=scribe_api_key) as client:
+            result = client.score(request)
+    except RewardServiceError as exc:
+        log.warning("scribe: response not scored, using the failure policy: %s", exc)
+        return _score_dict(None, "unavailable", outcome, failure_score)
+    return _score_dict(result, result.status, outcome, failure_score)
+
+
+async def compute_score_async(
+    data_source: str,
+    solution_str: str,
+    ground_truth: Any,
+    extra_info: Mapping[str, Any] | None = None,
+    *,
+    scribe_url: str | None = None,
+    scribe_api_key: str | None = None,
+    outcome_fn: OutcomeFn | str | None = None,
+    failure_score: float = DEFAULT_FAILURE_SCORE,
+    options: Mapping[str, Any] | None = None,
+    **kwargs: Any,  # noqa: ARG001 - verl's extras (reward_router_address…) are not needed
+) -> ScoreDict:
+    """The `async` twin of `compute_score`, for verl's Reward Loop (awaited on its loop)."""
+    info = extra_info or {}
+    outcome = _outcome(data_source, solution_str, ground_truth, info, outcome_fn)
+    request = _request(solution_str, info, outcome, options or {})
+    if request is None:
+        return _score_dict(None, "invalid", outcome, failure_score)
+    try:
+        # A client per call: the Reward Loop's event loop is not ours to bind a pool to.
+        async with AsyncRewardClient(scribe_url, api_key=scribe_api_key) as client:
+            result = await client.score(request)
+    except RewardServiceError as exc:
+        log.warning("scribe: response not scored, using the failure policy: %s", exc)
+        return _score_dict(None, "unavailable", outcome, failure_score)
+    return _score_dict(result, result.status, outcome, failure_score)
