@@ -155,9 +155,12 @@ def test_unreachable_judge_fails_steps_explicitly(minilm: SentenceTransformerEmb
         judge_url=f"http://127.0.0.1:{free_port()}/v1",
         judge_model="m",
         judge_max_attempts=2,
+        # Below the outage threshold, so the request is judged and fails step by step
+        # (past it, /v1/score answers 503 at once: tests/service/test_judge_faults.py).
+        judge_unreachable_after=10,
     )
     with TestClient(create_app(settings, embedder=minilm)) as client:
-        assert client.get("/readyz").status_code == 503
+        assert "cannot reach the judge" in client.get("/readyz").json()["detail"]
         response = client.post(
             "/v1/score", json={"completion": "Let's add.\n\nThen check.", "outcome": 1}
         )
