@@ -23,7 +23,7 @@ import httpx
 import numpy as np
 
 from scribe_service.pipeline.embed import Vectors
-from scribe_service.pipeline.judge import JudgeError, Messages, Sampling
+from scribe_service.pipeline.judge import Completion, JudgeError, Messages, Sampling
 
 ROOT = Path(__file__).resolve().parents[1]
 PROTOTYPES = ROOT / "prototypes"
@@ -51,23 +51,32 @@ class FakeEmbedder:
 
 
 class FakeJudge:
-    """Answers with a fixed verdict (or a scripted sequence) and records every prompt."""
+    """Answers with a fixed verdict (or a scripted sequence) and records every prompt.
+
+    In logprob mode (`score_token`) it answers with `logprobs` (score digit → logprob), or,
+    by default, all its probability on `score`."""
 
     model = "fake-judge"
 
     def __init__(
-        self, replies: Sequence[str | Exception] | None = None, score: int = 2, delay: float = 0
+        self,
+        replies: Sequence[str | Exception] | None = None,
+        score: int = 2,
+        delay: float = 0,
+        logprobs: dict[str, float] | None = None,
     ) -> None:
         self.replies = list(replies or [])
         self.delay = delay
         self.score = score
+        self.logprobs = logprobs
         self.prompts: list[Messages] = []
         self.schemas: list[dict[str, Any]] = []
+        self.samplings: list[Sampling] = []
         self.healthy = True
 
-    async def complete(self, messages: Messages, schema: dict[str, Any], sampling: Sampling) -> str:
+    async def _next(self, messages: Messages, sampling: Sampling) -> str | None:
         self.prompts.append(messages)
-        self.schemas.append(schema)
+        self.samplings.append(sampling)
         if self.delay:
             await asyncio.sleep(self.delay)
         if self.replies:
@@ -75,7 +84,25 @@ class FakeJudge:
             if isinstance(reply, Exception):
                 raise reply
             return reply
-        return json.dumps({"failure_modes": [], "rationale": "fine", "score": self.score})
+        return None
+
+    async def complete(
+        self, messages: Messages, schema: dict[str, Any], sampling: Sampling
+    ) -> Completion:
+        self.schemas.append(schema)
+        reply = await self._next(messages, sampling)
+        if reply is None:
+            reply = json.dumps({"failure_modes": [], "rationale": "fine", "score": self.score})
+        return Completion(reply, output_tokens=20)
+
+    async def score_token(self, messages: Messages, sampling: Sampling) -> Completion:
+        reply = await self._next(messages, sampling)
+        logprobs = self.logprobs or {str(self.score): 0.0}
+        return Completion(
+            reply if reply is not None else max(logprobs, key=logprobs.__getitem__),
+            output_tokens=1,
+            top_logprobs=tuple(logprobs.items()),
+        )
 
     async def check(self) -> None:
         if not self.healthy:

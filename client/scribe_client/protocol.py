@@ -30,6 +30,7 @@ __all__ = [
     "FailureModeInfo",
     "FunctionCall",
     "HealthResponse",
+    "JudgeInfo",
     "PrototypeDetail",
     "PrototypeList",
     "PrototypeSummary",
@@ -56,6 +57,7 @@ __all__ = [
 API_VERSION = 1
 
 Aggregation = Literal["mean", "min", "last", "sum"]
+JudgeMode = Literal["verdict", "logprob"]
 StepStatus = Literal["ok", "failed"]
 ScoreStatus = Literal["ok", "partial", "failed"]
 
@@ -186,6 +188,13 @@ class ScoreOptions(_Wire):
         description="Cosine similarity below which a step is judged with the generic fallback "
         "rubric. Null uses the server's setting.",
     )
+    judge_mode: JudgeMode | None = Field(
+        default=None,
+        description="verdict: the judge writes a verdict (rationale, failure modes, score). "
+        "logprob: the judge gives the score digit alone, and the step's reward is its "
+        "expected score from the probabilities of 0-3 (one output token, deterministic). "
+        "Null uses the server's setting.",
+    )
 
     @model_validator(mode="after")
     def _some_weight(self) -> ScoreOptions:
@@ -299,7 +308,7 @@ class StepRoute(_Response):
 class StepError(_Response):
     type: str = Field(
         description="Error class: judge_unavailable, judge_timeout, judge_http, "
-        "judge_invalid_output, or internal."
+        "judge_invalid_output, judge_low_score_mass (logprob mode), or internal."
     )
     message: str
 
@@ -308,15 +317,56 @@ class StepResult(StepRoute):
     """A routed step with the judge's verdict, or the error that prevented one."""
 
     score: int | None = Field(
-        default=None, ge=0, le=3, description="Rubric level 0-3; null when the step failed."
+        default=None,
+        ge=0,
+        le=3,
+        description="Rubric level 0-3 (logprob mode: the most likely one); null when the step "
+        "failed.",
     )
-    reward: float | None = Field(default=None, description="score / 3; null when the step failed.")
+    reward: float | None = Field(
+        default=None,
+        description="score / 3 (logprob mode: expected_score / 3); null when the step failed.",
+    )
+    expected_score: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=3.0,
+        description="Logprob mode: Σ s·p(s) over s in 0-3, the judge's probabilities "
+        "renormalised over the four score tokens; null in verdict mode.",
+    )
+    score_mass: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=1.0,
+        description="Logprob mode: the probability the judge put on the four score tokens "
+        "before renormalising; null in verdict mode.",
+    )
     failure_modes: list[str] = Field(
         default_factory=list, description="Ids of the prototype's failure modes the judge found."
     )
     rationale: str | None = None
+    judge_replica: str | None = Field(
+        default=None, description="The judge server that answered (its base URL)."
+    )
     status: StepStatus
     error: StepError | None = None
+
+
+class JudgeInfo(_Response):
+    """How the steps were judged: enough to reproduce a reward."""
+
+    model: str
+    mode: JudgeMode
+    temperature: float
+    top_p: float
+    seed: int | None
+    max_tokens: int = Field(description="Output token budget per call (1 in logprob mode).")
+    top_logprobs: int | None = Field(
+        default=None, description="Logprob mode: alternatives read for the score token."
+    )
+    min_score_mass: float | None = Field(
+        default=None, description="Logprob mode: below this score_mass a step fails."
+    )
 
 
 class ScoreResponse(_Response):
@@ -334,6 +384,9 @@ class ScoreResponse(_Response):
     steps: list[StepResult]
     library_version: str
     judge_model: str
+    judge: JudgeInfo | None = Field(
+        default=None, description="The judge's mode and sampling; null without a judge."
+    )
 
 
 class BatchScoreResponse(_Response):

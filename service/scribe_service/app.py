@@ -21,6 +21,7 @@ from scribe_service.limits import BodySizeLimitMiddleware, InputLimits
 from scribe_service.metrics import Metrics, RequestMetricsMiddleware
 from scribe_service.pipeline.embed import Embedder, SentenceTransformerEmbedder
 from scribe_service.pipeline.judge import EmbeddedJudge, Judge, JudgeBackend, OpenAIJudge, Sampling
+from scribe_service.pipeline.replicas import ReplicaPool
 from scribe_service.pipeline.retrieve import PrototypeIndex
 from scribe_service.pipeline.run import Pipeline
 from scribe_service.request_ids import RequestIdMiddleware
@@ -32,13 +33,21 @@ log = logging.getLogger(__name__)
 
 
 def make_judge_backend(settings: Settings) -> JudgeBackend:
-    if settings.judge_url is not None:
-        return OpenAIJudge(
-            settings.judge_url,
-            model=settings.judge_model,
-            api_key=settings.judge_api_key,
-            dialect=settings.judge_dialect,
-            timeout=settings.judge_timeout,
+    if settings.judge_urls:
+        servers = [
+            OpenAIJudge(
+                url,
+                model=settings.judge_model,
+                api_key=settings.judge_api_key,
+                dialect=settings.judge_dialect,
+                timeout=settings.judge_timeout,
+            )
+            for url in settings.judge_urls
+        ]
+        if len(servers) == 1:
+            return servers[0]
+        return ReplicaPool(
+            servers, threshold=settings.judge_unreachable_after, check_timeout=READY_CHECK_TIMEOUT
         )
     path = settings.judge_model_path or ensure_judge_model(settings.cache_dir)
     return EmbeddedJudge(
@@ -84,9 +93,12 @@ async def build_pipeline(
             max_attempts=settings.judge_max_attempts,
             sampling=Sampling(
                 temperature=settings.judge_temperature,
+                top_p=settings.judge_top_p,
                 max_tokens=settings.judge_max_tokens,
                 seed=settings.judge_seed,
             ),
+            mode=settings.judge_mode,
+            min_score_mass=settings.judge_min_score_mass,
             backoff=settings.judge_backoff,
             backoff_max=settings.judge_backoff_max,
             retry_budget=RetryBudget(ratio=settings.judge_retry_budget),

@@ -21,7 +21,13 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 LEVELS = ("0", "1", "2", "3")
-TEMPLATE_NAMES = ("judge_system.txt", "judge_user.txt")
+TEMPLATE_NAMES = (
+    "judge_system.txt",
+    "judge_user.txt",
+    # Logprob mode: the same rubric, answered with the score digit alone.
+    "judge_system_logprob.txt",
+    "judge_user_logprob.txt",
+)
 _ID = r"^[a-z][a-z0-9_]*$"
 
 Domain = Literal["math", "tool_use", "search_qa", "general"]

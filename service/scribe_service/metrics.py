@@ -42,6 +42,12 @@ class Metrics:
             registry=r,
         )  # fmt: skip
         self.judge_retries = Counter("scribe_judge_retries", "Judge calls retried", registry=r)
+        self.judge_output_tokens = Counter(
+            "scribe_judge_output_tokens",
+            "Tokens the judge generated (from its usage), by mode (verdict or logprob)",
+            ["mode"],
+            registry=r,
+        )
         self.judge_retries_denied = Counter(
             "scribe_judge_retries_denied", "Retries refused by the retry budget", registry=r
         )

@@ -68,7 +68,8 @@ class Settings(BaseSettings):
 
     judge_url: str | None = Field(
         default=None,
-        description="Base URL of an OpenAI-compatible judge (e.g. http://vllm:8000/v1). "
+        description="Base URL of an OpenAI-compatible judge (e.g. http://vllm:8000/v1), or "
+        "several, comma-separated: replicas, each call to the least busy one that is up. "
         "Unset: the embedded llama.cpp judge.",
     )
     judge_model: str | None = Field(
@@ -76,10 +77,23 @@ class Settings(BaseSettings):
         description="Model name sent to the judge server; unset: the server's first model.",
     )
     judge_api_key: str | None = None
-    judge_dialect: Literal["json_schema", "json_object"] = Field(
-        default="json_schema",
+    judge_dialect: Literal["auto", "json_schema", "json_object"] = Field(
+        default="auto",
         description="Structured-output dialect: json_schema (vLLM, OpenAI) or json_object "
-        "with a schema (llama.cpp's server).",
+        "with a schema (llama.cpp's server); auto: read from each server's /models.",
+    )
+    judge_mode: Literal["verdict", "logprob"] = Field(
+        default="verdict",
+        description="verdict: a JSON verdict (rationale, failure modes, score); logprob: the "
+        "score digit alone, scored as the expected value of the judge's probabilities for "
+        "0-3. A request's options.judge_mode overrides it.",
+    )
+    judge_min_score_mass: float = Field(
+        default=0.5,
+        ge=0.0,
+        le=1.0,
+        description="Logprob mode: a step whose score tokens 0-3 got less of the judge's "
+        "probability than this fails (judge_low_score_mass) instead of being guessed.",
     )
     judge_model_path: Path | None = Field(
         default=None, description="GGUF for the embedded judge; unset: the bundled model."
@@ -128,6 +142,7 @@ class Settings(BaseSettings):
         "judge marked down back.",
     )
     judge_temperature: float = Field(default=0.0, ge=0.0)
+    judge_top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     judge_max_tokens: int = Field(default=200, ge=16)
     judge_seed: int | None = 0
     embedded_n_ctx: int = Field(default=4096, ge=512)
@@ -162,8 +177,16 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _normalise_judge_url(self) -> Settings:
         if self.judge_url is not None:
-            self.judge_url = self.judge_url.rstrip("/")
+            urls = [url.strip().rstrip("/") for url in self.judge_url.split(",")]
+            if not all(urls):
+                raise ValueError(f"judge_url has an empty entry: {self.judge_url!r}")
+            self.judge_url = ",".join(urls)
         return self
+
+    @property
+    def judge_urls(self) -> list[str]:
+        """The judge servers (replicas); empty for the embedded judge."""
+        return [] if self.judge_url is None else self.judge_url.split(",")
 
     @property
     def embedded_judge(self) -> bool:

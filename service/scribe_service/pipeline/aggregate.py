@@ -18,7 +18,8 @@ from scribe_client.protocol import Aggregation, ScoreStatus, StepStatus
 MAX_SCORE = 3
 
 
-def step_reward(score: int | None) -> float | None:
+def step_reward(score: float | None) -> float | None:
+    """A score (or, in logprob mode, an expected score) in [0, 3] as a reward in [0, 1]."""
     return None if score is None else score / MAX_SCORE
 
 

@@ -16,6 +16,7 @@ import re
 from collections.abc import Mapping
 
 from scribe_service.library import LEVELS, Library, Prototype
+from scribe_service.pipeline.judge import JudgeMode
 from scribe_service.pipeline.segment import Segmented, Step
 
 _PLACEHOLDER = re.compile(r"\{\{\s*([a-z_]+)\s*\}\}")
@@ -83,8 +84,10 @@ def render_messages(
     *,
     max_step_chars: int,
     max_context_chars: int,
+    mode: JudgeMode = "verdict",
 ) -> list[dict[str, str]]:
-    """The chat messages that ask the judge to score `step` against `prototype`."""
+    """The chat messages that ask the judge to score `step` against `prototype`: a JSON
+    verdict, or in logprob mode the score digit alone (`judge_*_logprob.txt`)."""
     task_budget = max_context_chars // 2
     values = {
         "rubric": rubric_text(prototype),
@@ -95,7 +98,14 @@ def render_messages(
         "observation": fence(elide(step.observation or "(none)", max_step_chars * 3 // 5)),
         "failure_mode_ids": ", ".join(prototype.failure_mode_ids()),
     }
+    suffix = "_logprob" if mode == "logprob" else ""
     return [
-        {"role": "system", "content": substitute(library.templates["judge_system.txt"], values)},
-        {"role": "user", "content": substitute(library.templates["judge_user.txt"], values)},
+        {
+            "role": "system",
+            "content": substitute(library.templates[f"judge_system{suffix}.txt"], values),
+        },
+        {
+            "role": "user",
+            "content": substitute(library.templates[f"judge_user{suffix}.txt"], values),
+        },
     ]

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from scribe_client.protocol import (
+    JudgeInfo,
     RouteRequest,
     RouteResponse,
     ScoreRequest,
@@ -30,7 +31,8 @@ from scribe_service.limits import InputLimits
 from scribe_service.metrics import Metrics
 from scribe_service.pipeline import aggregate
 from scribe_service.pipeline.embed import Embedder
-from scribe_service.pipeline.judge import Judge, JudgeError
+from scribe_service.pipeline.judge import Judge, JudgeError, JudgeMode
+from scribe_service.pipeline.logprob import TOP_LOGPROBS
 from scribe_service.pipeline.render import render_messages
 from scribe_service.pipeline.retrieve import PrototypeIndex, Route
 from scribe_service.pipeline.segment import Segmented, Step, segment
@@ -122,6 +124,24 @@ class Pipeline:
     def judge_model(self) -> str:
         return self.judge.backend.model if self.judge else "(none)"
 
+    def judge_info(self, mode: JudgeMode | None) -> JudgeInfo | None:
+        """The judge's mode and sampling as sent on first attempts, for the response."""
+        if self.judge is None:
+            return None
+        mode = mode or self.judge.mode
+        sampling = self.judge.sampling(mode)
+        logprob = mode == "logprob"
+        return JudgeInfo(
+            model=self.judge_model,
+            mode=mode,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            seed=sampling.seed,
+            max_tokens=sampling.max_tokens,
+            top_logprobs=TOP_LOGPROBS if logprob else None,
+            min_score_mass=self.judge.min_score_mass if logprob else None,
+        )
+
     async def _route_all(
         self, requests: Sequence[ScoreRequest | RouteRequest], thresholds: Sequence[float]
     ) -> list[Routed]:
@@ -212,20 +232,31 @@ class Pipeline:
         )
 
     async def _judge_step(
-        self, segmented: Segmented, step: Step, route: Route, deadline: float | None
+        self,
+        segmented: Segmented,
+        step: Step,
+        route: Route,
+        deadline: float | None,
+        mode: JudgeMode | None,
     ) -> StepResult:
         with self.metrics.stage_seconds.labels("judge").time():
-            result = await self._judge_one(segmented, step, route, deadline)
+            result = await self._judge_one(segmented, step, route, deadline, mode)
         self.metrics.steps.labels(result.status).inc()
         return result
 
     async def _judge_one(
-        self, segmented: Segmented, step: Step, route: Route, deadline: float | None
+        self,
+        segmented: Segmented,
+        step: Step,
+        route: Route,
+        deadline: float | None,
+        mode: JudgeMode | None,
     ) -> StepResult:
         base = _step_route(step, route).model_dump()
         if self.judge is None:
             error = StepError(type="judge_unavailable", message="no judge configured")
             return StepResult(**base, status="failed", error=error)
+        mode = mode or self.judge.mode
         messages = render_messages(
             self.library,
             route.prototype,
@@ -233,10 +264,11 @@ class Pipeline:
             step,
             max_step_chars=self._max_step_chars,
             max_context_chars=self._max_context_chars,
+            mode=mode,
         )
         try:
             async with asyncio.timeout_at(deadline):
-                verdict = await self.judge.verdict(messages, route.prototype)
+                verdict = await self.judge.verdict(messages, route.prototype, mode)
         except TimeoutError:
             message = f"request deadline of {self._request_deadline:g}s passed before a verdict"
             return StepResult(
@@ -250,12 +282,16 @@ class Pipeline:
             log.exception("step %d failed unexpectedly", step.index)
             error = StepError(type="internal", message=f"{type(exc).__name__}: {exc}")
             return StepResult(**base, status="failed", error=error)
+        graded = verdict.score if verdict.expected_score is None else verdict.expected_score
         return StepResult(
             **base,
             score=verdict.score,
-            reward=aggregate.step_reward(verdict.score),
+            reward=aggregate.step_reward(graded),
+            expected_score=verdict.expected_score,
+            score_mass=verdict.score_mass,
             failure_modes=list(verdict.failure_modes),
             rationale=verdict.rationale,
+            judge_replica=verdict.served_by,
             status="ok",
         )
 
@@ -267,7 +303,9 @@ class Pipeline:
         )
         results = await asyncio.gather(
             *(
-                self._judge_step(routed.segmented, step, route, deadline)
+                self._judge_step(
+                    routed.segmented, step, route, deadline, request.options.judge_mode
+                )
                 for step, route in zip(routed.segmented.steps, routed.routes, strict=True)
             )
         )
@@ -287,4 +325,5 @@ class Pipeline:
             steps=list(results),
             library_version=self.library.version,
             judge_model=self.judge_model,
+            judge=self.judge_info(options.judge_mode),
         )

@@ -184,7 +184,7 @@ async def test_openai_judge_request_shape(dialect: str, prototype: Prototype) ->
     judge = _openai_judge(handler, dialect)
     schema = verdict_schema(prototype)
     reply = await judge.complete([{"role": "user", "content": "x"}], schema, Sampling(seed=7))
-    assert json.loads(reply)["score"] == 2
+    assert json.loads(reply.text)["score"] == 2
     assert judge.model == "judge-1"
     payload = seen[0]
     assert payload["model"] == "judge-1" and payload["seed"] == 7
@@ -253,3 +253,103 @@ def test_api_base_appends_v1_only_to_bare_hosts() -> None:
     assert _api_base("http://h:8000") == "http://h:8000/v1"
     assert _api_base("http://h:8000/v1/") == "http://h:8000/v1"
     assert _api_base("https://api.example.com/openai/v1") == "https://api.example.com/openai/v1"
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("owned_by", "dialect"),
+    [
+        ("vllm", "json_schema"),
+        ("me", "json_object"),  # llama-cpp-python's server
+        ("llamacpp", "json_object"),  # llama.cpp's own llama-server
+        (None, "json_schema"),
+    ],
+)
+async def test_auto_dialect_is_read_from_the_server(owned_by: str | None, dialect: str) -> None:
+    seen: list[dict[str, Any]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/models":
+            entry = {"id": "j"} | ({"owned_by": owned_by} if owned_by else {})
+            return httpx.Response(200, json={"data": [entry]})
+        seen.append(json.loads(request.content))
+        return httpx.Response(200, json=_completion(_reply(1)))
+
+    judge = _openai_judge(handler, "auto", model="j")
+    assert judge.dialect == "auto"
+    await judge.complete([], {"type": "object"}, Sampling())
+    assert judge.dialect == dialect
+    assert seen[0]["response_format"]["type"] == dialect
+    await judge.aclose()
+
+
+@pytest.mark.anyio
+async def test_sampling_is_sent_on_every_call() -> None:
+    seen: list[dict[str, Any]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(json.loads(request.content))
+        body = _completion(_reply(1)) | {"usage": {"completion_tokens": 12}}
+        return httpx.Response(200, json=body)
+
+    judge = _openai_judge(handler, model="m")
+    sampling = Sampling(temperature=0.3, top_p=0.9, seed=11, max_tokens=64)
+    completion = await judge.complete([], {}, sampling)
+    assert completion.output_tokens == 12
+    assert {k: seen[0][k] for k in ("temperature", "top_p", "seed", "max_tokens")} == {
+        "temperature": 0.3, "top_p": 0.9, "seed": 11, "max_tokens": 64
+    }  # fmt: skip
+    await judge.aclose()
+
+
+@pytest.mark.anyio
+async def test_score_token_asks_for_one_token_and_its_alternatives() -> None:
+    seen: list[dict[str, Any]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(json.loads(request.content))
+        top = [{"token": "2", "logprob": -0.2}, {"token": "3", "logprob": -1.9}]
+        body = {
+            "choices": [
+                {
+                    "message": {"content": "2"},
+                    "finish_reason": "length",
+                    "logprobs": {"content": [{"token": "2", "logprob": -0.2, "top_logprobs": top}]},
+                }
+            ],
+            "usage": {"completion_tokens": 1},
+        }
+        return httpx.Response(200, json=body)
+
+    judge = _openai_judge(handler, model="m")
+    completion = await judge.score_token([], Sampling(max_tokens=200, seed=3))
+    payload = seen[0]
+    assert payload["max_tokens"] == 1 and payload["logprobs"] is True
+    assert payload["top_logprobs"] == 20 and payload["seed"] == 3
+    # Never constrained: vLLM would return the masked (renormalised) distribution.
+    assert "response_format" not in payload and "structured_outputs" not in payload
+    assert completion.top_logprobs == (("2", -0.2), ("3", -1.9))
+    assert completion.output_tokens == 1 and completion.text == "2"
+    await judge.aclose()
+
+
+@pytest.mark.anyio
+async def test_judge_in_logprob_mode(prototype: Prototype) -> None:
+    import math
+
+    backend = FakeJudge(logprobs={"1": math.log(0.25), "2": math.log(0.75)})
+    judge = _judge(backend)
+    verdict = await judge.verdict([], prototype, "logprob")
+    assert (verdict.score, verdict.expected_score, verdict.score_mass) == (2, 1.75, 1.0)
+    assert backend.samplings[-1].max_tokens == 1
+    assert judge.sampling("logprob").max_tokens == 1 and judge.sampling("verdict").max_tokens == 200
+
+
+@pytest.mark.anyio
+async def test_low_score_mass_fails_without_retry(prototype: Prototype) -> None:
+    from scribe_service.pipeline.judge import JudgeLowScoreMass
+
+    backend = FakeJudge(logprobs={"The": -0.1, "2": -4.0})
+    with pytest.raises(JudgeLowScoreMass):
+        await _judge(backend, attempts=3).verdict([], prototype, "logprob")
+    assert len(backend.prompts) == 1

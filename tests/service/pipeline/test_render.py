@@ -97,3 +97,22 @@ def test_prompt_orders_static_parts_first(library: Library) -> None:
     assert "Step 1: A" in user.split("## The step to grade")[0]  # earlier step is history
     # Same prototype, same rubric: the prompts share everything up to the task.
     assert first[1]["content"].split("## Task")[0] == user.split("## Task")[0]
+
+
+def test_logprob_prompt_asks_for_the_digit_over_the_same_rubric(library: Library) -> None:
+    segmented = segment(completion="Step 1: A\na\n\nStep 2: B\nb", prompt="P")
+    prototype = library.fallback
+    step = segmented.steps[1]
+    verdict, logprob = (
+        render_messages(
+            library, prototype, segmented, step, max_step_chars=100, max_context_chars=100,
+            mode=mode,
+        )
+        for mode in ("verdict", "logprob")
+    )  # fmt: skip
+    assert "JSON" in verdict[0]["content"] and "JSON" not in logprob[0]["content"]
+    assert logprob[1]["content"].rstrip().endswith("Score:")
+    # Everything but the closing instruction is the same: one rubric, two ways to answer.
+    head = "## The step to grade"
+    assert verdict[1]["content"].split(head)[0] == logprob[1]["content"].split(head)[0]
+    assert "{{" not in logprob[0]["content"] + logprob[1]["content"]
