@@ -58,6 +58,13 @@ async def score(request: ScoreRequest, pipeline: PipelineDep) -> ScoreResponse:
     return await pipeline.score(request)
 
 
+def _check_batch(count: int, param: str, limit: int) -> None:
+    if count > limit:
+        raise InputLimitError(
+            param, f"{count} items, more than the limit of {limit} (SCRIBE_MAX_BATCH)"
+        )
+
+
 @router.post(
     "/v1/score/batch",
     response_model=BatchScoreResponse,
@@ -68,12 +75,7 @@ async def score_batch(
     request: BatchScoreRequest, pipeline: PipelineDep, settings: SettingsDep
 ) -> BatchScoreResponse:
     """Score several trajectories (e.g. one GRPO group); results keep the request order."""
-    if len(request.requests) > settings.max_batch:
-        raise InputLimitError(
-            "requests",
-            f"{len(request.requests)} requests, more than the limit of {settings.max_batch} "
-            "(SCRIBE_MAX_BATCH)",
-        )
+    _check_batch(len(request.requests), "requests", settings.max_batch)
     return BatchScoreResponse(results=await pipeline.score_batch(request.requests))
 
 
@@ -82,12 +84,7 @@ async def get_reward(
     request: RemoteRMRequest, pipeline: PipelineDep, settings: SettingsDep
 ) -> RemoteRMResponse:
     """OpenRLHF's remote reward model (`--remote_rm_url http://…/get_reward`)."""
-    if len(request.query) > settings.max_batch:
-        raise InputLimitError(
-            "query",
-            f"{len(request.query)} queries, more than the limit of {settings.max_batch} "
-            "(SCRIBE_MAX_BATCH)",
-        )
+    _check_batch(len(request.query), "query", settings.max_batch)
     samples = remote_rm.samples(request, labels_are_outcomes=settings.remote_rm_labels_are_outcomes)
     scorable = [s.request for s in samples if s.request is not None]
     try:
