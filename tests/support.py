@@ -12,6 +12,7 @@ import re
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -198,6 +199,28 @@ def scribe_server(
             yield f"http://127.0.0.1:{port}"
         finally:
             stop(process)
+
+
+@contextlib.contextmanager
+def uvicorn_in_thread(app: Any, timeout: float = 60) -> Iterator[str]:
+    """`app` served by a real uvicorn on a free loopback port, in a thread of this process
+    (so the test can reach into `app.state`). Yields the base URL."""
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, port=port, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("the in-thread service did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:

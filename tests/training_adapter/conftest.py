@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import uvicorn
 
 from scribe_service.app import create_app
 from scribe_service.pipeline.judge import JudgeError, Messages, Sampling
 from scribe_service.settings import Settings
-from support import PROTOTYPES, FakeEmbedder, FakeJudge, free_port
+from support import PROTOTYPES, FakeEmbedder, FakeJudge, free_port, uvicorn_in_thread
 
 
 class DownJudge(FakeJudge):
@@ -31,20 +28,8 @@ def serve(judge: FakeJudge, tmp_path: Path) -> Iterator[str]:
         prototypes_dir=PROTOTYPES, cache_dir=tmp_path / "cache", judge_max_attempts=1
     )
     app = create_app(settings, embedder=FakeEmbedder(), judge_backend=judge)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, port=port, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("the in-thread service did not start")
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    with uvicorn_in_thread(app, timeout=20) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

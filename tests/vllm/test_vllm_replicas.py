@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 
 from scribe_client.protocol import ScoreResponse
 from scribe_service.app import create_app
@@ -26,10 +24,10 @@ from scribe_service.settings import Settings
 from support import (
     PROTOTYPES,
     FakeEmbedder,
-    free_port,
     llama_cpp_server,
     load_trajectory,
     smollm2_gguf,
+    uvicorn_in_thread,
 )
 
 pytestmark = pytest.mark.vllm
@@ -39,22 +37,10 @@ pytestmark = pytest.mark.vllm
 def serve(settings: Settings) -> Iterator[tuple[str, ReplicaPool]]:
     """The service on real HTTP (uvicorn in a thread), and its replica pool."""
     app = create_app(settings, embedder=FakeEmbedder())
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, port=port, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("the in-thread service did not start")
-        time.sleep(0.05)
-    try:
+    with uvicorn_in_thread(app) as url:
         pool = app.state.pipeline.judge.backend
         assert isinstance(pool, ReplicaPool)
-        yield f"http://127.0.0.1:{port}", pool
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
+        yield url, pool
 
 
 Results = list[tuple[float, ScoreResponse]]
