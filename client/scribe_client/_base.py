@@ -12,7 +12,7 @@ import math
 import os
 import random
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC
 from email.utils import parsedate_to_datetime
 from typing import Any, TypeVar
@@ -133,9 +133,26 @@ def parse_retry_after(headers: httpx.Headers, now: float | None = None) -> float
     return max(0.0, seconds)
 
 
-def backoff_delay(attempt: int) -> float:
-    """Full jitter: spreads the retries of many trainer workers instead of syncing them."""
-    return random.uniform(0.0, min(MAX_RETRY_DELAY, INITIAL_RETRY_DELAY * 2**attempt))
+def backoff_delay(
+    retry: int,
+    *,
+    base: float = INITIAL_RETRY_DELAY,
+    cap: float = MAX_RETRY_DELAY,
+    retry_after: float | None = None,
+    retry_after_cap: float | None = None,
+    rng: Callable[[], float] = random.random,
+) -> float:
+    """Seconds to wait before retry number `retry` (0 for the first retry).
+
+    Full jitter over an exponential ceiling, ``min(cap, base * 2**retry)``: it spreads the
+    retries of many callers (trainer workers, concurrent judge calls) instead of syncing them.
+    A server that said when to come back (`retry_after`, from `parse_retry_after`) is taken at
+    its word, up to `retry_after_cap` (`cap` unless given). The service's judge retries use
+    this function too, so both sides of the wire back off alike.
+    """
+    if retry_after is not None:
+        return min(retry_after, cap if retry_after_cap is None else retry_after_cap)
+    return rng() * min(cap, base * 2.0**retry)
 
 
 def is_transient(outcome: Outcome) -> bool:

@@ -31,8 +31,8 @@ class Metrics:
         )
         self.stage_seconds = Histogram(
             "scribe_stage_seconds",
-            "Latency of a pipeline stage (route: segment+embed+retrieve for a request; "
-            "judge: one step's verdict, retries included)",
+            "Latency of a pipeline stage (segment, embed, route, aggregate: one request; "
+            "render, judge: one step, the judge's retries included)",
             ["stage"],
             buckets=_BUCKETS,
             registry=r,

@@ -13,31 +13,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+# One backoff policy and one Retry-After parser on both sides of the wire: the client's.
+from scribe_client._base import backoff_delay, parse_retry_after
+
+__all__ = [
+    "JudgeHealth",
+    "ProbeResult",
+    "RetryBudget",
+    "backoff_delay",
+    "parse_retry_after",
+    "probe",
+]
+
 log = logging.getLogger(__name__)
-
-
-def backoff_delay(
-    attempt: int,
-    *,
-    base: float,
-    cap: float,
-    retry_after: float | None = None,
-    rng: Callable[[], float] = random.random,
-) -> float:
-    """Seconds to wait before retry number `attempt` (1-based).
-
-    Full jitter over an exponential ceiling spreads retries from many concurrent steps
-    instead of synchronising them; a server's `Retry-After` is a floor, both under `cap`.
-    """
-    delay: float = rng() * min(cap, base * 2 ** (attempt - 1))
-    if retry_after is not None:
-        delay = max(delay, min(retry_after, cap))
-    return delay
 
 
 class RetryBudget:

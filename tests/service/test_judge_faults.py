@@ -30,6 +30,20 @@ TRAJECTORY = {
 }
 
 
+# vLLM's answer to a prompt longer than --max-model-len, body and all.
+VLLM_TOO_LONG = json.dumps(
+    {
+        "object": "error",
+        "message": "This model's maximum context length is 2048 tokens. However, you requested "
+        "2254 tokens (2054 in the messages, 200 in the completion). Please reduce the length "
+        "of the messages or completion.",
+        "type": "BadRequestError",
+        "param": None,
+        "code": 400,
+    }
+)
+
+
 def _verdict(score: Any = 2, modes: list[str] | None = None) -> str:
     return json.dumps({"rationale": "checked", "failure_modes": modes or [], "score": score})
 
@@ -91,6 +105,7 @@ class FaultyJudge:
                     "fractional": (200, _completion(_verdict(2.5))),
                     "unknown_mode": (200, _completion(_verdict(1, ["not_a_mode"]))),
                     "prose": (200, _completion("The step looks fine. Score: 3")),
+                    "too_long": (400, VLLM_TOO_LONG),
                 }
                 status, body = replies.get(behaviour, (200, _completion(_verdict(2))))
                 self._send(status, body, retry_after="0.2" if status == 429 else None)
@@ -180,6 +195,23 @@ def test_a_persistent_fault_fails_every_step_explicitly(
     assert result.outcome_reward == 1.0  # known, but never mixed with a missing process reward
     assert [s.error.type for s in result.steps if s.error] == [error_type, error_type]
     assert judge.posts == 4  # two steps, two attempts each: bounded
+    _check_no_silent_zero(result)
+
+
+def test_a_prompt_too_long_for_the_judge_fails_its_step_without_retries(
+    judge: FaultyJudge, tmp_path: Path
+) -> None:
+    judge.script = ["too_long"]
+    settings = _settings(tmp_path, judge.url, judge_max_attempts=3, judge_concurrency=1)
+    with _client(settings) as client:
+        response = client.post("/v1/score", json=TRAJECTORY)
+        metrics = client.get("/metrics").text
+    result = ScoreResponse.model_validate(response.json())
+    assert result.status == "partial" and judge.posts == 2  # one call per step: no retry
+    [failed] = [s for s in result.steps if s.status == "failed"]
+    assert failed.error is not None and failed.error.type == "judge_context_exceeded"
+    assert "maximum context length is 2048 tokens" in failed.error.message
+    assert "scribe_judge_retries_total 0.0" in metrics
     _check_no_silent_zero(result)
 
 

@@ -10,23 +10,34 @@ from scribe_service.resilience import (
     ProbeResult,
     RetryBudget,
     backoff_delay,
+    parse_retry_after,
     probe,
 )
 
 
 def test_backoff_is_jittered_exponential_under_a_cap() -> None:
-    assert [backoff_delay(n, base=0.5, cap=3, rng=lambda: 1.0) for n in (1, 2, 3, 4)] == [
+    assert [backoff_delay(n, base=0.5, cap=3, rng=lambda: 1.0) for n in (0, 1, 2, 3)] == [
         0.5,
         1.0,
         2.0,
         3.0,
     ]
-    assert backoff_delay(3, base=0.5, cap=3, rng=lambda: 0.25) == 0.5
+    assert backoff_delay(2, base=0.5, cap=3, rng=lambda: 0.25) == 0.5
 
 
-def test_retry_after_is_a_floor_under_the_cap() -> None:
-    assert backoff_delay(1, base=0.5, cap=10, retry_after=4, rng=lambda: 0.0) == 4
-    assert backoff_delay(1, base=0.5, cap=10, retry_after=60, rng=lambda: 0.0) == 10
+def test_retry_after_is_the_wait_under_the_cap() -> None:
+    # Taken at its word even when the jitter would have waited longer or shorter.
+    assert backoff_delay(0, base=0.5, cap=10, retry_after=4, rng=lambda: 0.0) == 4
+    assert backoff_delay(5, base=0.5, cap=10, retry_after=0.25, rng=lambda: 1.0) == 0.25
+    assert backoff_delay(0, base=0.5, cap=10, retry_after=60, rng=lambda: 0.0) == 10
+    assert backoff_delay(0, cap=10, retry_after=60, retry_after_cap=30) == 30
+
+
+def test_the_service_and_the_client_share_one_backoff_and_one_parser() -> None:
+    from scribe_client import _base
+
+    assert backoff_delay is _base.backoff_delay
+    assert parse_retry_after is _base.parse_retry_after
 
 
 def test_retry_budget_refills_with_first_attempts() -> None:

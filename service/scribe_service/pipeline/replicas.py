@@ -21,16 +21,14 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from scribe_service.pipeline.judge import (
-    Completion,
+from scribe_service.pipeline.backends.base import Completion, Messages, Sampling
+from scribe_service.pipeline.backends.openai import OpenAIJudge
+from scribe_service.pipeline.judge_errors import (
     JudgeConnectionLost,
     JudgeError,
     JudgeHTTPError,
     JudgeTimeout,
     JudgeUnavailable,
-    Messages,
-    OpenAIJudge,
-    Sampling,
 )
 from scribe_service.resilience import JudgeHealth, probe
 
@@ -49,7 +47,8 @@ class Replica:
 
 
 def _replica_failed(exc: JudgeError) -> bool:
-    """Errors that say something about the server rather than about the request."""
+    """Errors that say something about the server rather than about the request (a prompt
+    too long for the context, a 4xx, an invalid verdict would be the same on any replica)."""
     if isinstance(exc, JudgeHTTPError):
         return exc.status_code >= 500
     return isinstance(exc, JudgeUnavailable | JudgeConnectionLost | JudgeTimeout)

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import json
-import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -11,12 +11,14 @@ from scribe_service.library import Library, Prototype
 from scribe_service.pipeline.judge import (
     Judge,
     JudgeConnectionLost,
+    JudgeContextExceeded,
     JudgeHTTPError,
     JudgeInvalidOutput,
     JudgeTimeout,
     JudgeUnavailable,
     OpenAIJudge,
     Sampling,
+    is_context_exceeded,
     parse_verdict,
     verdict_schema,
 )
@@ -65,6 +67,36 @@ def test_invalid_verdicts_are_errors_not_zeros(prototype: Prototype, raw: str) -
         parse_verdict(raw, prototype)
 
 
+def test_the_schema_asks_for_two_failure_modes_and_every_extra_one_still_caps(
+    library: Library,
+) -> None:
+    prototype = next(p for p in library.routable() if len(p.failure_modes) >= 3)
+    ids = list(prototype.failure_mode_ids())
+    caps = {mode.id: mode.max_score for mode in prototype.failure_modes}
+    assert verdict_schema(prototype)["properties"]["failure_modes"]["maxItems"] == 2
+    assert parse_verdict(_reply(2, ids[:2] + ids[:1]), prototype).failure_modes == tuple(ids[:2])
+    # An engine that ignores maxItems: the third mode is kept, and its cap applies.
+    verdict = parse_verdict(_reply(3, ids[:3]), prototype)
+    assert verdict.failure_modes == tuple(ids[:3])
+    assert verdict.score == min(caps[i] for i in ids[:3])
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (_reply(4), r"^score must be an integer 0-3, got 4 \("),
+        (_reply(True), r"^score must be an integer 0-3, got True \("),
+        (_reply(2, ["no_such_mode"]), r"^failure modes not in prototype '.+': \['no_such_mode'\]$"),
+        ('{"failure_modes": "x", "score": 1}', r"^failure_modes must be a list"),
+        ('{"rationale": 5, "score": 1}', r"^rationale must be a string, got 5 \("),
+        ("prose", r"^no JSON verdict in the judge's reply"),
+    ],
+)
+def test_invalid_verdicts_say_what_is_wrong(prototype: Prototype, raw: str, message: str) -> None:
+    with pytest.raises(JudgeInvalidOutput, match=message):
+        parse_verdict(raw, prototype)
+
+
 def test_verdict_found_after_thinking_and_in_fences(prototype: Prototype) -> None:
     raw = '<think>{"score": 0}</think>\n```json\n' + _reply(2) + "\n```"
     assert parse_verdict(raw, prototype).score == 2
@@ -86,9 +118,43 @@ def _judge(backend: Any, attempts: int = 3) -> Judge:
 
 @pytest.mark.anyio
 async def test_invalid_output_is_retried_with_sampling_then_succeeds(prototype: Prototype) -> None:
+    # Through the HTTP backend, so what is checked is what went out on the wire.
+    sent: list[dict[str, Any]] = []
+    replies = iter(["garbage", "still garbage", _reply(1)])
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent.append(json.loads(request.content))
+        return httpx.Response(200, json=_completion(next(replies)))
+
+    sleeps: list[float] = []
+    judge = Judge(
+        _openai_judge(handler, model="m"), concurrency=1, timeout=5, max_attempts=3,
+        sampling=Sampling(temperature=0.0, seed=7), sleep=_recorder(sleeps),
+    )  # fmt: skip
+    verdict = await judge.verdict([{"role": "user", "content": "x"}], prototype)
+    assert verdict.score == 1
+    assert [(p["temperature"], p["seed"]) for p in sent] == [(0.0, 7), (0.5, 8), (0.5, 10)]
+    assert sleeps == [0.0, 0.0]  # a bad answer is no reason to wait
+    assert judge.sampling("verdict") == Sampling(temperature=0.0, seed=7)  # first calls: greedy
+    await judge.backend.aclose()
+
+
+@pytest.mark.anyio
+async def test_retries_without_a_seed_stay_unseeded(prototype: Prototype) -> None:
     backend = FakeJudge(replies=["garbage", _reply(1)])
-    verdict = await _judge(backend).verdict([{"role": "user", "content": "x"}], prototype)
-    assert verdict.score == 1 and len(backend.prompts) == 2
+    judge = Judge(
+        backend, concurrency=1, timeout=5, max_attempts=2, sampling=Sampling(seed=None),
+        backoff=0,
+    )  # fmt: skip
+    assert (await judge.verdict([], prototype)).score == 1
+    assert [(s.temperature, s.seed) for s in backend.samplings] == [(0.0, None), (0.5, None)]
+
+
+@pytest.mark.anyio
+async def test_other_errors_are_retried_with_the_same_sampling(prototype: Prototype) -> None:
+    backend = FakeJudge(replies=[JudgeHTTPError(503, "busy"), _reply(1)])
+    assert (await _judge(backend).verdict([], prototype)).score == 1
+    assert backend.samplings == [Sampling(), Sampling()]
 
 
 @pytest.mark.anyio
@@ -151,12 +217,138 @@ async def test_any_answer_counts_as_reachable(prototype: Prototype) -> None:
     assert health.available  # the garbage reply in between reset the count
 
 
+def _recorder(sleeps: list[float]) -> Callable[[float], Awaitable[None]]:
+    async def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+
+    return sleep
+
+
 @pytest.mark.anyio
 async def test_judge_retry_after_is_honoured(prototype: Prototype) -> None:
-    backend = FakeJudge(replies=[JudgeHTTPError(429, "slow down", retry_after=0.3), _reply(2)])
-    started = time.monotonic()
-    assert (await _judge(backend).verdict([], prototype)).score == 2
-    assert time.monotonic() - started >= 0.3
+    backend = FakeJudge(
+        replies=[
+            JudgeHTTPError(429, "slow down", retry_after=3.0),
+            JudgeHTTPError(429, "slower", retry_after=600.0),
+            _reply(2),
+        ]
+    )
+    sleeps: list[float] = []
+    judge = Judge(
+        backend, concurrency=1, timeout=5, max_attempts=3, sampling=Sampling(), backoff=0.01,
+        backoff_max=10.0, sleep=_recorder(sleeps),
+    )  # fmt: skip
+    assert (await judge.verdict([], prototype)).score == 2
+    assert sleeps == [3.0, 10.0]  # the judge's word, up to backoff_max
+
+
+@pytest.mark.anyio
+async def test_backoff_is_jittered_exponential(prototype: Prototype) -> None:
+    backend = FakeJudge(replies=[JudgeHTTPError(503, "busy")] * 3 + [_reply(2)])
+    sleeps: list[float] = []
+    judge = Judge(
+        backend, concurrency=1, timeout=5, max_attempts=4, sampling=Sampling(), backoff=1.0,
+        backoff_max=3.0, sleep=_recorder(sleeps),
+    )  # fmt: skip
+    assert (await judge.verdict([], prototype)).score == 2
+    assert len(sleeps) == 3
+    assert all(0 <= s <= ceiling for s, ceiling in zip(sleeps, [1.0, 2.0, 3.0], strict=True))
+
+
+@pytest.mark.anyio
+async def test_exhausted_attempts_are_named_in_the_message(prototype: Prototype) -> None:
+    backend = FakeJudge(replies=[JudgeHTTPError(503, "busy")] * 3)
+    with pytest.raises(JudgeHTTPError, match=r"HTTP 503: busy \(after 3 attempts\)$"):
+        await _judge(backend, attempts=3).verdict([], prototype)
+
+
+@pytest.mark.anyio
+async def test_a_bug_in_a_backend_is_not_retried(prototype: Prototype) -> None:
+    backend = FakeJudge(replies=[RuntimeError("bug"), _reply(2)])
+    with pytest.raises(RuntimeError, match="bug"):
+        await _judge(backend).verdict([], prototype)
+    assert len(backend.prompts) == 1
+
+
+# --- a prompt longer than the judge's context ----------------------------------------------
+
+# Verbatim from the engines (numbers aside).
+VLLM_TOO_LONG = (
+    "This model's maximum context length is 2048 tokens. However, you requested 2254 tokens "
+    "(2054 in the messages, 200 in the completion). Please reduce the length of the messages "
+    "or completion."
+)
+VLLM_V1_TOO_LONG = (
+    "'max_tokens' or 'max_completion_tokens' is too large: 200. This model's maximum context "
+    "length is 2048 tokens and your request has 1990 input tokens (200 > 2048 - 1990)."
+)
+VLLM_DECODER_TOO_LONG = (
+    "The decoder prompt (length 2300) is longer than the maximum model length of 2048. Make "
+    "sure that `max_model_len` is no smaller than the number of text tokens."
+)
+LLAMA_SERVER_TOO_LONG = "request (4476 tokens) exceeds the available context size (4096 tokens)"
+LLAMA_CPP_PYTHON_TOO_LONG = "Requested tokens (600) exceed context window of 512"
+
+
+@pytest.mark.parametrize(
+    "message",
+    [VLLM_TOO_LONG, VLLM_V1_TOO_LONG, VLLM_DECODER_TOO_LONG, LLAMA_SERVER_TOO_LONG,
+     LLAMA_CPP_PYTHON_TOO_LONG],
+)  # fmt: skip
+def test_context_overflow_wordings_are_recognised(message: str) -> None:
+    assert is_context_exceeded(message)
+
+
+@pytest.mark.parametrize(
+    "message",
+    ["Invalid 'messages': empty", "model 'x' not found", "rate limited", "context: bad input"],
+)
+def test_other_errors_are_not_context_overflows(message: str) -> None:
+    assert not is_context_exceeded(message)
+
+
+def _error_body(message: str, **extra: Any) -> dict[str, Any]:
+    return {"error": {"message": message, "type": "BadRequestError", "code": 400, **extra}}
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param(_error_body(VLLM_TOO_LONG), id="vllm"),
+        pytest.param(_error_body(VLLM_DECODER_TOO_LONG), id="vllm-decoder"),
+        pytest.param(
+            _error_body(LLAMA_SERVER_TOO_LONG, type="exceed_context_size_error"),
+            id="llama-server",
+        ),
+    ],
+)
+async def test_openai_judge_reports_an_overlong_prompt(body: dict[str, Any]) -> None:
+    judge = _openai_judge(lambda r: httpx.Response(400, json=body), model="m")
+    with pytest.raises(JudgeContextExceeded, match="does not fit the judge's context") as caught:
+        await judge.complete([], {}, Sampling())
+    assert caught.value.type == "judge_context_exceeded" and not caught.value.transient
+    await judge.aclose()
+
+
+@pytest.mark.anyio
+async def test_a_5xx_that_mentions_the_context_is_still_a_server_error() -> None:
+    reply = httpx.Response(500, json=_error_body("maximum context length bookkeeping failed"))
+    judge = _openai_judge(lambda r: reply, model="m")
+    with pytest.raises(JudgeHTTPError) as caught:
+        await judge.complete([], {}, Sampling())
+    assert caught.value.transient
+    await judge.aclose()
+
+
+@pytest.mark.anyio
+async def test_an_overlong_prompt_is_never_retried(prototype: Prototype) -> None:
+    backend = FakeJudge(replies=[JudgeContextExceeded("too long"), _reply(2)])
+    judge = _judge(backend, attempts=5)
+    with pytest.raises(JudgeContextExceeded, match="^too long$"):
+        await judge.verdict([], prototype)
+    assert len(backend.prompts) == 1
+    assert judge.health.available  # the judge answered: it is there
 
 
 def _openai_judge(handler: Any, dialect: str = "json_schema", **kw: Any) -> OpenAIJudge:

@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from scribe_service.pipeline.judge import (
+    JudgeContextExceeded,
     JudgeHTTPError,
     JudgeUnavailable,
     OpenAIJudge,
@@ -28,6 +29,7 @@ class Server:
         self.delay = delay
         self.up = True
         self.status = 200
+        self.body = "sick"
         self.calls = 0
 
     async def handle(self, request: httpx.Request) -> httpx.Response:
@@ -38,7 +40,7 @@ class Server:
         self.calls += 1
         await asyncio.sleep(self.delay)
         if self.status != 200:
-            return httpx.Response(self.status, text="sick")
+            return httpx.Response(self.status, text=self.body)
         body = {"choices": [{"message": {"content": VERDICT}, "finish_reason": "stop"}]}
         return httpx.Response(200, json=body | {"usage": {"completion_tokens": 9}})
 
@@ -97,6 +99,18 @@ async def test_server_errors_fail_over_but_request_errors_do_not() -> None:
         await _complete(pool)
     assert (a.calls, b.calls) == (2, 1)  # 503 on a, then b; the 400 once, not passed on
     assert all(r.health.available for r in pool.replicas)
+    await pool.aclose()
+
+
+@pytest.mark.anyio
+async def test_a_prompt_too_long_is_not_passed_to_another_replica() -> None:
+    a, b = Server("a"), Server("b")
+    pool = _pool(a, b, threshold=1)
+    a.status, a.body = 400, "This model's maximum context length is 2048 tokens. However, ..."
+    with pytest.raises(JudgeContextExceeded):
+        await _complete(pool)
+    assert (a.calls, b.calls) == (1, 0)  # every replica serves the same model: no failover
+    assert all(r.health.available for r in pool.replicas)  # a answered: it is not sick
     await pool.aclose()
 
 

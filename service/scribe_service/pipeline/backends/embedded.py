@@ -1,0 +1,135 @@
+"""llama.cpp in-process on a GGUF model: the judge when no judge server is configured."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, cast
+
+from scribe_service.pipeline.backends.base import (
+    Completion,
+    Messages,
+    Sampling,
+    output_tokens,
+    reply_text,
+)
+from scribe_service.pipeline.judge_errors import (
+    JudgeContextExceeded,
+    JudgeInvalidOutput,
+    is_context_exceeded,
+)
+from scribe_service.pipeline.logprob import TOP_LOGPROBS
+from scribe_service.pipeline.state_cache import StateCache
+
+
+class EmbeddedJudge:
+    """llama.cpp in-process on a GGUF model: the default when no judge server is configured.
+
+    One model instance cannot run two completions at once, so calls are serialised; the
+    blocking work runs in a thread so the event loop stays free for other requests. A RAM
+    cache of model states, keyed by token prefix, lets a prompt that starts like an earlier
+    one (same system prompt and rubric) skip evaluating that prefix again: on a CPU, prompt
+    evaluation is most of a verdict's cost.
+    """
+
+    STATE_CACHE_BYTES = 1 << 30
+
+    def __init__(
+        self,
+        model_path: Path,
+        *,
+        model: str,
+        n_ctx: int = 4096,
+        n_threads: int | None = None,
+        cache_bytes: int = STATE_CACHE_BYTES,
+    ) -> None:
+        from llama_cpp import Llama
+        from llama_cpp.llama_cache import BaseLlamaCache
+
+        self.model = model
+        self._llama = Llama(
+            model_path=str(model_path),
+            n_ctx=n_ctx,
+            # llama.cpp's own default is half the cores; the judge is the bottleneck, use them all.
+            n_threads=n_threads or os.cpu_count(),
+            verbose=False,
+        )
+        # Not llama-cpp-python's LlamaRAMCache: it counts a fraction of what its entries hold
+        # (state_cache.py). This model has no logits_all, so no entry needs its logits rows.
+        if cache_bytes:
+            cache = StateCache(cache_bytes, keep_logits=False)
+            self._llama.set_cache(cast(BaseLlamaCache, cache))  # its interface, duck-typed
+        self._lock = asyncio.Lock()
+
+    async def check(self) -> None:
+        return None
+
+    def tokenize(self, text: str) -> list[int]:
+        return list(self._llama.tokenize(text.encode()))
+
+    async def _run(self, messages: Messages, sampling: Sampling, **kwargs: Any) -> dict[str, Any]:
+        def run() -> dict[str, Any]:
+            result = self._llama.create_chat_completion(
+                messages=cast(Any, messages),
+                temperature=sampling.temperature,
+                top_p=sampling.top_p,
+                max_tokens=sampling.max_tokens,
+                seed=sampling.seed,
+                **kwargs,
+            )
+            return cast(dict[str, Any], result)
+
+        async with self._lock:
+            try:
+                return await asyncio.to_thread(run)
+            except ValueError as exc:
+                # "Requested tokens (5000) exceed context window of 4096": permanent.
+                if is_context_exceeded(str(exc)):
+                    raise JudgeContextExceeded(
+                        f"the prompt does not fit the embedded judge's context: {exc}"
+                    ) from exc
+                raise JudgeInvalidOutput(f"embedded judge rejected the prompt: {exc}") from exc
+
+    async def complete(
+        self, messages: Messages, schema: dict[str, Any], sampling: Sampling
+    ) -> Completion:
+        body = await self._run(
+            messages, sampling, response_format={"type": "json_object", "schema": schema}
+        )
+        return Completion(reply_text(body), output_tokens(body))
+
+    async def score_token(self, messages: Messages, sampling: Sampling) -> Completion:
+        # llama-cpp-python returns logprobs only from a model loaded with logits_all, which
+        # keeps n_ctx x n_vocab floats (GBs for the bundled judge). The first sampler of the
+        # chain sees the full next-token logits in token-id order, so a logits processor
+        # reads them there instead, for free.
+        from llama_cpp import Llama, LogitsProcessorList
+
+        seen: list[Any] = []
+
+        def capture(_input_ids: Any, logits: Any) -> Any:
+            if not seen:
+                seen.append(logits.copy())
+            return logits
+
+        body = await self._run(
+            messages,
+            replace(sampling, max_tokens=1),
+            logits_processor=LogitsProcessorList([capture]),
+        )
+        if not seen:
+            raise JudgeInvalidOutput("the embedded judge produced no logits")
+        logprobs = Llama.logits_to_logprobs(seen[0])
+        top = logprobs.argsort()[::-1][:TOP_LOGPROBS]
+        alternatives = tuple(
+            (self._llama.detokenize([int(token)]).decode(errors="replace"), float(logprobs[token]))
+            for token in top
+        )
+        return Completion(
+            reply_text(body, allow_length=True), output_tokens(body), top_logprobs=alternatives
+        )
+
+    async def aclose(self) -> None:
+        self._llama.close()
