@@ -41,6 +41,7 @@ from .protocol import (
     StepResult,
     StepRoute,
 )
+from .rewards import trainer_reward, training_reward, unscored_reward
 
 __all__ = [
     "AsyncRewardClient",
@@ -72,4 +73,7 @@ __all__ = [
     "StepResult",
     "StepRoute",
     "__version__",
+    "trainer_reward",
+    "training_reward",
+    "unscored_reward",
 ]

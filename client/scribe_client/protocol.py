@@ -7,7 +7,9 @@ without torch, FAISS or a web framework.
 Two rules shape every response model:
 
 * A number that cannot be computed is ``null``, never ``0``. A judge failure is reported as
-  a step with ``status: "failed"`` and an ``error``; it never becomes a low reward.
+  a step with ``status: "failed"`` and an ``error``; it never becomes a low ``reward``.
+  Only ``training_reward``, the number meant for a trainer, counts it, under the documented
+  failure policy of ``scribe_client.rewards``, so that breaking the judge never pays.
 * Every accepted request yields one result per step, in trajectory order, so a caller can
   always line the results up with what it sent.
 """
@@ -58,6 +60,7 @@ API_VERSION = 1
 
 Aggregation = Literal["mean", "min", "last", "sum"]
 JudgeMode = Literal["verdict", "logprob"]
+FailurePolicy = Literal["pessimistic", "exclude"]
 StepStatus = Literal["ok", "failed"]
 ScoreStatus = Literal["ok", "partial", "failed"]
 
@@ -195,6 +198,22 @@ class ScoreOptions(_Wire):
         "expected score from the probabilities of 0-3 (one output token, deterministic). "
         "Null uses the server's setting.",
     )
+    failure_policy: FailurePolicy | None = Field(
+        default=None,
+        description="How failed steps weigh in `training_reward`. pessimistic: a failed step "
+        "counts as `failure_reward`, and a trajectory with nothing judged gets "
+        "outcome_weight*outcome + process_weight*failure_reward, so breaking the judge never "
+        "pays. exclude: the judged steps only, and the bare outcome when nothing was judged "
+        "(exploitable by a policy that learns to break the judge). Null uses the server's "
+        "setting.",
+    )
+    failure_reward: float | None = Field(
+        default=None,
+        le=0.0,
+        allow_inf_nan=False,
+        description="What a failed step counts as in `training_reward`; at most 0, the worst "
+        "judged step reward. Null uses the server's setting.",
+    )
 
     @model_validator(mode="after")
     def _some_weight(self) -> ScoreOptions:
@@ -307,8 +326,9 @@ class StepRoute(_Response):
 
 class StepError(_Response):
     type: str = Field(
-        description="Error class: judge_unavailable, judge_timeout, judge_http, "
-        "judge_invalid_output, judge_low_score_mass (logprob mode), or internal."
+        description="Error class: judge_unavailable, judge_connection_lost, judge_timeout, "
+        "judge_http, judge_context_exceeded (the prompt is longer than the judge's context; "
+        "never retried), judge_invalid_output, judge_low_score_mass (logprob mode), or internal."
     )
     message: str
 
@@ -372,8 +392,9 @@ class JudgeInfo(_Response):
 class ScoreResponse(_Response):
     request_id: str
     status: ScoreStatus = Field(
-        description="ok: every step judged; partial: some failed (scalars use the judged steps); "
-        "failed: none judged (scalars that need steps are null)."
+        description="ok: every step judged; partial: some failed (`reward` and "
+        "`process_reward` use the judged steps); failed: none judged (they are null). "
+        "`training_reward` is a number in every case."
     )
     reward: float | None = Field(
         description="outcome_weight*outcome + process_weight*process_reward when an outcome was "
@@ -381,6 +402,18 @@ class ScoreResponse(_Response):
     )
     process_reward: float | None
     outcome_reward: float | None
+    training_reward: float | None = Field(
+        default=None,
+        description="The number to hand a trainer: like `reward`, but failed steps count "
+        "under `failure_policy` instead of being left out, so it is never null and a judge "
+        "failure never raises it. Null only from servers that predate it.",
+    )
+    failure_policy: FailurePolicy | None = Field(
+        default=None, description="The failure policy `training_reward` was computed under."
+    )
+    failure_reward: float | None = Field(
+        default=None, description="What a failed step counted as in `training_reward`."
+    )
     steps: list[StepResult]
     library_version: str
     judge_model: str

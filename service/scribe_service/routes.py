@@ -27,7 +27,7 @@ from scribe_client.protocol import (
 )
 from scribe_service import remote_rm
 from scribe_service.deps import PipelineDep, SettingsDep
-from scribe_service.errors import InputLimitError, ServiceError, UnavailableError
+from scribe_service.errors import InputLimitError, ServiceError
 from scribe_service.library import Prototype
 from scribe_service.resilience import probe
 
@@ -85,14 +85,9 @@ async def get_reward(
 ) -> RemoteRMResponse:
     """OpenRLHF's remote reward model (`--remote_rm_url http://…/get_reward`)."""
     _check_batch(len(request.query), "query", settings.max_batch)
-    samples = remote_rm.samples(request, labels_are_outcomes=settings.remote_rm_labels_are_outcomes)
-    scorable = [s.request for s in samples if s.request is not None]
-    try:
-        results = await pipeline.score_batch(scorable) if scorable else []
-    except UnavailableError:
-        # A 503 here would end the OpenRLHF run; its samples get the stand-in instead.
-        results = None
-    return remote_rm.response(samples, results, failure_reward=settings.remote_rm_failure_reward)
+    return await remote_rm.get_reward(
+        request, pipeline, labels_are_outcomes=settings.remote_rm_labels_are_outcomes
+    )
 
 
 @router.post("/v1/route", response_model=RouteResponse, tags=["scoring"])

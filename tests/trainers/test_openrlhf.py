@@ -14,7 +14,12 @@ import scribe_adapters.openrlhf
 
 pytestmark = pytest.mark.trainer
 
-KEYS = {"scribe_failed", "scribe_failed_steps", "scribe_outcome_given", "scribe_prompt_found"}
+KEYS = {
+    "scribe_failed", "scribe_failed_steps", "scribe_outcome_given", "scribe_prompt_found",
+    "scribe_refused",
+}  # fmt: skip
+# The script's labels: "1" and "0" are outcomes, "red" is a reference answer.
+OUTCOMES = [1.0, 0.0, None]
 
 
 @pytest.fixture(scope="module")
@@ -48,16 +53,26 @@ def flat(value: Any) -> float:
 @pytest.mark.parametrize("mode", ["http", "file"])
 def test_each_rollout_gets_a_reward_from_the_service(report: dict[str, Any], mode: str) -> None:
     rows = report[mode]
-    for row in rows:
+    judged = 0
+    for row, outcome in zip(rows, OUTCOMES, strict=True):
         assert row["query"].startswith(row["prompt"]) and "<|im_end|>" in row["query"]
         assert set(row["extra_logs"]) == KEYS
         assert flat(row["extra_logs"]["scribe_prompt_found"]) == 1.0
-        assert 0.0 <= flat(row["reward"]) <= 1.0
-        assert flat(row["scores"]) == flat(row["reward"])
-    # Labels "1" and "0" are outcomes; "red" is a reference answer, not a score.
-    given = [flat(r["extra_logs"]["scribe_outcome_given"]) for r in rows]
-    assert given == [1.0, 1.0, 0.0]
-    assert any(flat(r["extra_logs"]["scribe_failed"]) == 0.0 for r in rows)
+        assert flat(row["extra_logs"]["scribe_outcome_given"]) == float(outcome is not None)
+        assert flat(row["extra_logs"]["scribe_refused"]) == 0.0
+        reward = flat(row["reward"])
+        assert flat(row["scores"]) == reward
+        if flat(row["extra_logs"]["scribe_failed"]):
+            # No step judged (the small judge can fail): exactly the pessimistic stand-in,
+            # 0.7 * outcome + 0.3 * SCRIBE_FAILURE_REWARD (0), or 0 without an outcome.
+            assert reward == pytest.approx(0.7 * (outcome or 0.0))
+        else:
+            judged += 1
+            # A judged reward: 0.7 * outcome + 0.3 * process, or the process alone.
+            low = 0.0 if outcome is None else 0.7 * outcome
+            assert low - 1e-6 <= reward <= low + (1.0 if outcome is None else 0.3) + 1e-6
+    # A run where every sample got the stand-in proves nothing about the service.
+    assert judged >= 1
 
 
 def test_a_batch_request_gets_one_reward_per_query(report: dict[str, Any]) -> None:

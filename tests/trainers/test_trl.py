@@ -43,7 +43,8 @@ def test_grpo_trainer_logs_the_rewards_the_service_returned(
         answered = report[run]["answered"]
         # Two optimisation steps, each scoring one prompt's group of 2 in a single batch call.
         assert [len(batch) for batch in answered] == [2, 2], run
-        assert any(r is not None for batch in answered for r in batch), run
+        # The trainer-facing reward is a number even where the small judge failed a step.
+        assert all(r is not None for batch in answered for r in batch), run
         means = logged_means(report[run]["logged"], report[run]["name"])
         assert means == pytest.approx([nanmean(batch) for batch in answered]), run
         assert all("scribe/failed" in row for row in report[run]["logged"][:2]), run

@@ -53,23 +53,30 @@ def test_scores_mix_the_outcome_and_come_with_the_same_keys(
         info = out["reward_extra_info"]
         assert set(info) == KEYS
         assert info["scribe_outcome"] == outcome
-        assert info["scribe_status"] in ("ok", "partial", "failed")
-        if info["scribe_reward"] is None:  # the small judge may fail a step: the policy applies
-            assert out["reward_score"] == outcome
-        else:
-            mixed = 0.7 * outcome + 0.3 * info["scribe_process_reward"]
+        status = info["scribe_status"]
+        assert status in ("ok", "partial", "failed")
+        if status == "failed":  # the small judge may fail steps: the failure policy applies
+            assert info["scribe_reward"] is None
+            assert out["reward_score"] == pytest.approx(0.7 * outcome)  # + 0.3 * 0, not outcome
+            continue
+        mixed = 0.7 * outcome + 0.3 * info["scribe_process_reward"]
+        assert info["scribe_reward"] == pytest.approx(mixed)
+        assert info["scribe_steps"] >= 1
+        if status == "ok":
             assert out["reward_score"] == pytest.approx(info["scribe_reward"])
-            assert info["scribe_reward"] == pytest.approx(mixed)
-            assert info["scribe_steps"] >= 1
+        else:  # partial: the failed steps count as 0, so never above the honest reward
+            assert 0.7 * outcome - 1e-6 <= out["reward_score"] <= info["scribe_reward"] + 1e-6
     assert any(o["reward_extra_info"]["scribe_status"] != "failed" for o in run["outs"])
     check_placement(run)
 
 
-def test_an_unreachable_service_falls_back_to_the_outcome_visibly(report: dict[str, Any]) -> None:
+def test_an_unreachable_service_gets_the_stand_in_visibly(report: dict[str, Any]) -> None:
     run = report["down"]
     for out, outcome in zip(run["outs"], OUTCOMES, strict=True):
         info = out["reward_extra_info"]
         assert set(info) == KEYS
         assert info["scribe_status"] == "unavailable" and info["scribe_reward"] is None
-        assert out["reward_score"] == outcome
+        # The pessimistic stand-in: 0.7 * outcome + 0.3 * failure_reward (0), never the bare
+        # outcome, which would beat every judged response with that outcome.
+        assert out["reward_score"] == pytest.approx(0.7 * outcome)
     check_placement(run)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,9 +24,9 @@ class DownJudge(FakeJudge):
         raise JudgeError("judge is down")
 
 
-def serve(judge: FakeJudge, tmp_path: Path) -> Iterator[str]:
+def serve(judge: FakeJudge, tmp_path: Path, **overrides: Any) -> Iterator[str]:
     settings = Settings(
-        prototypes_dir=PROTOTYPES, cache_dir=tmp_path / "cache", judge_max_attempts=1
+        prototypes_dir=PROTOTYPES, cache_dir=tmp_path / "cache", judge_max_attempts=1, **overrides
     )
     app = create_app(settings, embedder=FakeEmbedder(), judge_backend=judge)
     with uvicorn_in_thread(app, timeout=20) as url:
@@ -47,6 +48,18 @@ def service_url(judge: FakeJudge, tmp_path_factory: pytest.TempPathFactory) -> I
 def down_service_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A service whose judge fails every step."""
     yield from serve(DownJudge(), tmp_path_factory.mktemp("down"))
+
+
+@pytest.fixture(scope="module")
+def short_steps_url(judge: FakeJudge, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Like `service_url`, but a step over 200 characters makes its whole batch a 422."""
+    yield from serve(judge, tmp_path_factory.mktemp("short"), max_step_input_chars=200)
+
+
+@pytest.fixture
+def partial_service_url(tmp_path: Path) -> Iterator[str]:
+    """A service whose judge fails the first step it sees and gives the rest 3."""
+    yield from serve(FakeJudge(replies=[JudgeError("lost")], score=3), tmp_path)
 
 
 @pytest.fixture

@@ -41,10 +41,42 @@ def test_an_unreachable_service_is_flagged_beside_the_stand_in(
 ) -> None:
     monkeypatch.setenv("SCRIBE_URL", closed_url)
     monkeypatch.setenv("SCRIBE_FAILURE_REWARD", "-1")
-    answer = load_like_openrlhf().reward_func([QUERY, QUERY], [PROMPT, PROMPT], ["1", "red"])
+    queries, prompts = [QUERY, QUERY, QUERY], [PROMPT, PROMPT, PROMPT]
+    answer = load_like_openrlhf().reward_func(queries, prompts, ["1", "red", True])
 
-    assert answer["rewards"].tolist() == [1.0, -1.0]
-    assert answer["extra_logs"]["scribe_failed"].tolist() == [1.0, 1.0]
+    # 0.7 * outcome + 0.3 * failure_reward with an outcome, else the failure reward: the
+    # same translation, and the same labels read as outcomes, as the service's /get_reward.
+    assert torch.allclose(answer["rewards"], torch.tensor([0.4, -1.0, 0.4]))
+    assert answer["extra_logs"]["scribe_failed"].tolist() == [1.0, 1.0, 1.0]
+    assert answer["extra_logs"]["scribe_outcome_given"].tolist() == [1.0, 0.0, 1.0]
     assert set(answer["extra_logs"]) == {
         "scribe_failed", "scribe_failed_steps", "scribe_outcome_given", "scribe_prompt_found",
+        "scribe_refused",
     }  # fmt: skip
+
+
+def test_the_old_rule_is_an_explicit_opt_in(
+    monkeypatch: pytest.MonkeyPatch, closed_url: str
+) -> None:
+    monkeypatch.setenv("SCRIBE_URL", closed_url)
+    monkeypatch.setenv("SCRIBE_FAILURE_POLICY", "exclude")
+    answer = load_like_openrlhf().reward_func([QUERY], [PROMPT], ["1"])
+    assert answer["rewards"].tolist() == [1.0]
+
+
+def test_a_failure_reward_that_pays_is_refused(
+    monkeypatch: pytest.MonkeyPatch, closed_url: str
+) -> None:
+    monkeypatch.setenv("SCRIBE_URL", closed_url)
+    monkeypatch.setenv("SCRIBE_FAILURE_REWARD", "1")
+    with pytest.raises(ValueError, match="failure_reward"):
+        load_like_openrlhf().reward_func([QUERY], [PROMPT], ["1"])
+
+
+def test_a_failed_judge_through_the_service(
+    monkeypatch: pytest.MonkeyPatch, down_service_url: str
+) -> None:
+    monkeypatch.setenv("SCRIBE_URL", down_service_url)
+    answer = load_like_openrlhf().reward_func([QUERY, QUERY], [PROMPT, PROMPT], ["1", "red"])
+    assert torch.allclose(answer["rewards"], torch.tensor([0.7, 0.0]))
+    assert answer["extra_logs"]["scribe_failed"].tolist() == [1.0, 1.0]

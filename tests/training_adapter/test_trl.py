@@ -55,7 +55,9 @@ def test_scores_a_batch_in_one_call_with_the_outcome_column(
     # Judge says 3 everywhere: process 1.0; 0.7 * 0 + 0.3 * 1 with an outcome, 1.0 without.
     assert rewards == pytest.approx([0.3, 1.0])
     assert len(judge.prompts) - before == 3  # two steps, then one
-    assert metrics.logged == {"scribe/failed": 0.0, "scribe/process_reward": 1.0}
+    assert metrics.logged == {
+        "scribe/failed": 0.0, "scribe/failed_steps": 0.0, "scribe/process_reward": 1.0
+    }  # fmt: skip
 
 
 def test_an_outcome_function_with_trls_signature(make: Any, service_url: str) -> None:
@@ -80,23 +82,98 @@ def test_conversational_tool_run(make: Any, service_url: str) -> None:
     assert call(make(service_url), prompts, completions) == [pytest.approx(1.0)]
 
 
-def test_a_failed_judge_is_none_never_zero(make: Any, down_service_url: str) -> None:
+def test_a_failed_judge_never_beats_a_judged_rollout(make: Any, down_service_url: str) -> None:
     metrics = Metrics()
     rewards = call(
         make(down_service_url), PROMPTS, COMPLETIONS, outcome=[1.0, 0.0], log_metric=metrics
     )
+    # 0.7 * outcome + 0.3 * failure_reward: what the rollout would get with every step judged
+    # 0, not its bare outcome (1.0) and not None (which TRL turns into advantage 0).
+    assert rewards == pytest.approx([0.7, 0.0])
+    assert metrics.logged["scribe/failed"] == 1.0
+
+
+def test_a_partly_judged_completion_counts_its_failed_step(
+    make: Any, partial_service_url: str
+) -> None:
+    metrics = Metrics()
+    rewards = call(make(partial_service_url), PROMPTS[:1], COMPLETIONS[:1], log_metric=metrics)
+    assert rewards == [pytest.approx(0.5)]  # (1.0 + 0) / 2; leaving the failed step out: 1.0
+    assert metrics.logged["scribe/failed_steps"] == 0.5
+    assert metrics.logged["scribe/failed"] == 0.0
+
+
+def test_opt_in_none_for_what_was_not_judged(make: Any, down_service_url: str) -> None:
+    rewards = call(
+        make(down_service_url, unscored_as_none=True), PROMPTS, COMPLETIONS, outcome=[1.0, 0.0]
+    )
     assert rewards == [None, None]
+
+
+def test_a_negative_failure_reward_from_the_environment(
+    make: Any, down_service_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SCRIBE_FAILURE_REWARD", "-1")
+    rewards = call(make(down_service_url), PROMPTS, COMPLETIONS, outcome=[1.0, None])
+    assert rewards == pytest.approx([0.7 - 0.3, -1.0])
+    with pytest.raises(ValueError, match="failure_reward"):
+        make(down_service_url, failure_reward=0.5)
+
+
+def test_an_unscorable_completion_gets_the_stand_in_and_the_rest_scored(
+    make: Any, service_url: str
+) -> None:
+    assert call(make(service_url), PROMPTS, ["", "4"]) == [0.0, pytest.approx(1.0)]
+    assert call(make(service_url, unscored_as_none=True), PROMPTS, ["", "4"]) == [
+        None,
+        pytest.approx(1.0),
+    ]
+
+
+def test_an_unreachable_service_gets_the_stand_in_or_raises(make: Any, closed_url: str) -> None:
+    metrics = Metrics()
+    rewards = call(
+        make(closed_url, max_retries=0), PROMPTS, COMPLETIONS, outcome=[1.0, None],
+        log_metric=metrics,
+    )  # fmt: skip
+    assert rewards == pytest.approx([0.7, 0.0])
     assert metrics.logged == {"scribe/failed": 1.0}
-
-
-def test_an_unscorable_completion_is_none_and_the_rest_scored(make: Any, service_url: str) -> None:
-    assert call(make(service_url), PROMPTS, ["", "4"]) == [None, pytest.approx(1.0)]
-
-
-def test_an_unreachable_service_is_none_or_raises(make: Any, closed_url: str) -> None:
-    assert call(make(closed_url, max_retries=0), PROMPTS, COMPLETIONS) == [None, None]
     with pytest.raises(Exception, match="onnect"):
         call(make(closed_url, max_retries=0, raise_errors=True), PROMPTS, COMPLETIONS)
+
+
+def test_chunks_already_scored_are_kept_when_a_later_one_fails(
+    make: Any, short_steps_url: str
+) -> None:
+    # One completion per chunk; the second has a step over the service's limit, so its
+    # chunk is refused (422), and the chunks either side of it are scored all the same.
+    long = "Step 1: " + "carry the one. " * 30
+    metrics = Metrics()
+    rewards = call(
+        make(short_steps_url, max_batch=1), PROMPTS * 2 + ["x"], [*COMPLETIONS, long, "4", "4"],
+        outcome=[None, None, 1.0, None, None], log_metric=metrics,
+    )  # fmt: skip
+    assert rewards == pytest.approx([1.0, 1.0, 0.7, 1.0, 1.0])
+    assert metrics.logged["scribe/failed"] == pytest.approx(1 / 5)
+    none = make(short_steps_url, max_batch=1, unscored_as_none=True)
+    assert call(none, PROMPTS, [long, "4"]) == [None, pytest.approx(1.0)]
+
+
+def test_a_rollout_over_a_limit_costs_only_itself_in_a_shared_chunk(
+    make: Any, short_steps_url: str, judge: FakeJudge
+) -> None:
+    # The batch call is refused (422) because of one rollout; the rest of its chunk is then
+    # scored one by one, and only the refused rollout gets the stand-in.
+    long = "Step 1: " + "carry the one. " * 30
+    metrics = Metrics()
+    before = len(judge.prompts)
+    rewards = call(
+        make(short_steps_url), PROMPTS + ["x"], [*COMPLETIONS, long],
+        outcome=[None, 1.0, 1.0], log_metric=metrics,
+    )  # fmt: skip
+    assert rewards == pytest.approx([1.0, 1.0, 0.7])
+    assert len(judge.prompts) - before == 3  # the two scorable rollouts' steps, judged once
+    assert metrics.logged["scribe/failed"] == pytest.approx(1 / 3)
 
 
 def test_large_batches_are_split(make: Any, service_url: str) -> None:

@@ -69,22 +69,53 @@ def test_outcome_from_extra_info_and_options(compute: Any, service_url: str) -> 
     assert result["score"] == pytest.approx(0.5)
 
 
-def test_a_failed_judge_falls_back_to_the_outcome(compute: Any, down_service_url: str) -> None:
+def test_a_failed_judge_never_beats_a_judged_response(compute: Any, down_service_url: str) -> None:
     result = compute(**args(down_service_url, outcome_fn=gsm8k_like))
     assert set(result) == KEYS
-    assert result["score"] == 1.0 and result["scribe_reward"] is None
+    # A right answer that breaks the judge: 0.7 * 1 + 0.3 * 0, what it would get with every
+    # step judged 0; not its bare outcome (1.0), more than any judged right answer.
+    assert result["score"] == pytest.approx(0.7) and result["scribe_reward"] is None
     assert result["scribe_status"] in ("failed", "unavailable")
 
 
-def test_without_an_outcome_the_failure_score(compute: Any, closed_url: str) -> None:
-    result = compute(**args(closed_url, failure_score=-1.0))
+def test_a_partly_judged_response_counts_its_failed_step(
+    compute: Any, partial_service_url: str
+) -> None:
+    result = compute(**args(partial_service_url))
+    assert result["scribe_status"] == "partial" and result["scribe_failed_steps"] == 1
+    assert result["scribe_reward"] == 1.0  # honest: the judged step alone
+    assert result["score"] == pytest.approx(0.5)  # the trainer's: the failed step counts as 0
+
+
+def test_the_old_rule_is_an_explicit_opt_in(compute: Any, down_service_url: str) -> None:
+    result = compute(**args(down_service_url, outcome_fn=gsm8k_like, failure_policy="exclude"))
+    assert result["score"] == 1.0
+
+
+def test_without_an_outcome_the_failure_reward(compute: Any, closed_url: str) -> None:
+    result = compute(**args(closed_url, failure_reward=-1.0))
     assert result["score"] == -1.0 and result["scribe_status"] == "unavailable"
     assert set(result) == KEYS
+    # The old keyword still works; the environment is the fallback.
+    assert compute(**args(closed_url, failure_score=-0.5))["score"] == -0.5
 
 
-def test_an_empty_response_is_invalid_not_zero(compute: Any, service_url: str) -> None:
-    result = compute(**args(service_url, solution_str="  ", failure_score=0.25))
-    assert result["score"] == 0.25 and result["scribe_status"] == "invalid"
+def test_the_failure_reward_from_the_environment(
+    compute: Any, closed_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SCRIBE_FAILURE_REWARD", "-0.25")
+    result = compute(**args(closed_url, extra_info={"outcome": 1.0}))
+    assert result["score"] == pytest.approx(0.7 - 0.075)
+
+
+def test_a_failure_reward_that_pays_is_refused(compute: Any, closed_url: str) -> None:
+    with pytest.raises(ValueError, match="failure_reward"):
+        compute(**args(closed_url, failure_reward=0.5))
+
+
+def test_an_empty_response_is_invalid_not_judged(compute: Any, service_url: str) -> None:
+    result = compute(**args(service_url, solution_str="  ", failure_reward=-0.25))
+    assert result["score"] == -0.25 and result["scribe_status"] == "invalid"
 
 
 def test_verl_reward_router_keywords_are_accepted(compute: Any, service_url: str) -> None:

@@ -10,10 +10,19 @@ the oldest call still open, which is the order trainers execute them in.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from scribe_client.protocol import ScoreOptions, ScoreRequest
+from scribe_client.rewards import (
+    DEFAULT_FAILURE_POLICY,
+    DEFAULT_FAILURE_REWARD,
+    ENV_FAILURE_POLICY,
+    ENV_FAILURE_REWARD,
+    FailureRule,
+    check_failure_policy,
+)
 
 Message = Mapping[str, Any]
 Conversation = Sequence[Message]
@@ -101,3 +110,25 @@ def trajectory_request(
         )
         body["messages"] = normalise_messages([*(history or []), *turns])
     return ScoreRequest.model_validate(body)
+
+
+def failure_rule(
+    policy: str | None = None, reward: float | None = None, options: ScoreOptions | None = None
+) -> FailureRule:
+    """The failure policy and reward an adapter applies: the argument, else the field of
+    `options`, else ``SCRIBE_FAILURE_POLICY`` / ``SCRIBE_FAILURE_REWARD``, else the defaults
+    (pessimistic, 0.0). A failure reward above 0 is refused: it would pay for failures."""
+    if policy is None:
+        policy = (options and options.failure_policy) or os.environ.get(ENV_FAILURE_POLICY)
+    if reward is None:
+        reward = None if options is None else options.failure_reward
+    if reward is None:
+        reward = float(os.environ.get(ENV_FAILURE_REWARD) or DEFAULT_FAILURE_REWARD)
+    return FailureRule(check_failure_policy(policy or DEFAULT_FAILURE_POLICY), reward)
+
+
+def with_rule(options: ScoreOptions | None, rule: FailureRule) -> ScoreOptions:
+    """`options` carrying `rule`, so the service's `training_reward` and the adapter's own
+    stand-ins follow the same policy."""
+    update = {"failure_policy": rule.policy, "failure_reward": rule.reward}
+    return (options or ScoreOptions()).model_copy(update=update)

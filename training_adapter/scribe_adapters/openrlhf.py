@@ -16,56 +16,36 @@ key (``SCRIBE_API_KEY``; OpenRLHF's own HTTP client cannot) and retries like the
 ``SCRIBE_URL`` names the service.
 
 What the service does with the queries (prompt stripped, chat markup removed, numeric labels
-as outcomes) is described in ``scribe_service/remote_rm.py``. OpenRLHF cannot take a missing
-reward, so every sample gets a number: when the service cannot be reached, the sample's
-outcome (a label in [0, 1]) or else ``SCRIBE_FAILURE_REWARD`` (default 0.0), and
-``extra_logs["scribe_failed"]`` is 1 for it either way.
+as outcomes, failed steps counted under the failure policy) is described in
+``scribe_client/remote_rm.py``, the translation this file shares with the service.
+OpenRLHF cannot take a missing reward, so every sample gets a number: when the service
+cannot be reached, the stand-in of the failure policy (``SCRIBE_FAILURE_POLICY``, default
+``pessimistic``: ``0.7 * outcome + 0.3 * SCRIBE_FAILURE_REWARD`` for a label in [0, 1], else
+``SCRIBE_FAILURE_REWARD``, default 0.0, at most 0), and ``extra_logs["scribe_failed"]`` is 1
+for it. Samples the service answered follow the service's own ``SCRIBE_FAILURE_*`` settings:
+set the same values on both sides.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Sequence
 from typing import Any
 
+# Absolute imports only: OpenRLHF loads this file by its path, outside its package.
+from scribe_adapters._requests import failure_rule
 from scribe_client import RewardClient, RewardServiceError
 from scribe_client.protocol import RemoteRMRequest, RemoteRMResponse
+from scribe_client.remote_rm import unscored_response
 
 __all__ = ["reward_func"]
 
 log = logging.getLogger(__name__)
 
-ENV_FAILURE_REWARD = "SCRIBE_FAILURE_REWARD"
-EXTRA_LOG_KEYS = (
-    "scribe_failed",
-    "scribe_failed_steps",
-    "scribe_outcome_given",
-    "scribe_prompt_found",
-)
-
 
 class _RemoteRMClient(RewardClient):
     def get_reward(self, body: RemoteRMRequest) -> RemoteRMResponse:
         return self._call("POST", "/get_reward", RemoteRMResponse, body)
-
-
-def _numeric(label: Any) -> float | None:
-    try:
-        value = float(label)
-    except (TypeError, ValueError):
-        return None
-    return value if 0.0 <= value <= 1.0 else None
-
-
-def _unscored(labels: Sequence[Any]) -> RemoteRMResponse:
-    failure = float(os.environ.get(ENV_FAILURE_REWARD, "0.0"))
-    outcomes = [_numeric(label) for label in labels]
-    rewards = [failure if o is None else o for o in outcomes]
-    logs = {key: [0.0] * len(labels) for key in EXTRA_LOG_KEYS}
-    logs["scribe_failed"] = [1.0] * len(labels)
-    logs["scribe_outcome_given"] = [float(o is not None) for o in outcomes]
-    return RemoteRMResponse(rewards=rewards, scores=list(rewards), extra_logs=logs)
 
 
 def reward_func(
@@ -76,6 +56,7 @@ def reward_func(
 ) -> dict[str, Any]:
     """OpenRLHF's reward-file entry point: one reward per query, always a number."""
     body = RemoteRMRequest(query=list(queries), prompts=list(prompts), labels=list(labels))
+    rule = failure_rule()  # read first: a bad SCRIBE_FAILURE_* must fail loudly, not late
     try:
         with _RemoteRMClient() as client:
             answer = client.get_reward(body)
@@ -83,7 +64,7 @@ def reward_func(
         log.warning(
             "scribe: %d samples not scored, using the failure policy: %s", len(queries), exc
         )
-        answer = _unscored(body.labels or [None] * len(queries))
+        answer = unscored_response(body, policy=rule.policy, failure_reward=rule.reward)
     # OpenRLHF's own reward files return tensors; it is already loaded in the trainer.
     import torch
 

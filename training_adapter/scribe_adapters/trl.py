@@ -24,18 +24,31 @@ prompt × `num_generations` completions) in one `/v1/score/batch` call.
 * The outcome comes from the dataset column `outcome_column` (default ``"outcome"``), or
   from ``outcome_fn``: any function with TRL's reward-function signature that returns one
   value in [0, 1] (or None) per completion, such as an existing accuracy reward.
-* A completion that could not be scored gets ``None``, never a made-up 0: TRL then leaves
-  it out of this function's mean and, if every function says None, gives it no advantage.
-  That covers a failed judge (response status ``failed``), a rollout the service cannot take
-  (an empty completion) and, unless ``raise_errors=True``, the service being unreachable
-  after the client's retries. The metrics ``scribe/failed`` (fraction of the batch) and
-  ``scribe/process_reward`` go to TRL's logs beside ``rewards/scribe/mean``.
+* Each reward is the service's ``training_reward``: a failed step counts as
+  ``failure_reward`` (default 0.0, at most 0; failure policy ``pessimistic``). A completion
+  with no judged step gets ``0.7 * outcome + 0.3 * failure_reward`` (``failure_reward``
+  without an outcome), never more than a judged completion with the same outcome: a failed
+  judge (status ``failed``), a rollout the service cannot take (an empty completion) and,
+  unless ``raise_errors=True``, a chunk of the batch the service did not answer after the
+  client's retries (chunks already scored keep their rewards). When the service refuses a
+  chunk (422/413: a rollout over an input limit), its rollouts are sent one by one, so only
+  the ones over the limit get the stand-in.
+* Why not ``None``? TRL accepts it (nanmean), and a completion for which every reward
+  function says ``None`` gets advantage 0: in a GRPO group that spares a broken rollout the
+  negative advantage a judged bad one gets, so a policy would learn to break the judge.
+  ``unscored_as_none=True`` returns ``None`` for completions with no judged step anyway
+  (e.g. when another reward function carries the signal); ``failure_policy="exclude"``
+  leaves failed steps out (exploitable, see `scribe_client.rewards`).
+* The metrics ``scribe/failed`` (fraction of the batch with no judged step),
+  ``scribe/failed_steps`` (fraction of steps that failed) and ``scribe/process_reward``
+  (mean over the completions that have one) go to TRL's logs beside ``rewards/scribe/mean``.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -43,9 +56,11 @@ from pydantic import ValidationError
 
 from scribe_client import AsyncRewardClient, RewardClient, RewardServiceError, ScoreOptions
 from scribe_client._constants import DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT
-from scribe_client.protocol import ScoreRequest, ScoreResponse
+from scribe_client.errors import InvalidRequestError, PayloadTooLargeError
+from scribe_client.protocol import FailurePolicy, ScoreRequest, ScoreResponse
+from scribe_client.rewards import trainer_reward
 
-from ._requests import check_outcome, trajectory_request
+from ._requests import check_outcome, failure_rule, trajectory_request, with_rule
 
 __all__ = ["AsyncScribeReward", "ScribeReward"]
 
@@ -56,6 +71,12 @@ DEFAULT_MAX_BATCH = 256
 
 OutcomeFn = Callable[..., Sequence[float | bool | None]]
 Rewards = list[float | None]
+
+
+@dataclass(frozen=True)
+class _Rollout:
+    request: ScoreRequest | None  # None: the service would refuse it
+    outcome: float | None
 
 
 class _ScribeRewardBase:
@@ -69,6 +90,9 @@ class _ScribeRewardBase:
         outcome_column: str | None,
         outcome_fn: OutcomeFn | None,
         options: ScoreOptions | Mapping[str, Any] | None,
+        failure_policy: FailurePolicy | None,
+        failure_reward: float | None,
+        unscored_as_none: bool,
         name: str,
         raise_errors: bool,
         max_batch: int,
@@ -79,7 +103,10 @@ class _ScribeRewardBase:
         self.api_key = api_key
         self.outcome_column = outcome_column
         self.outcome_fn = outcome_fn
-        self.options = None if options is None else ScoreOptions.model_validate(options)
+        given = None if options is None else ScoreOptions.model_validate(options)
+        self.failure_rule = failure_rule(failure_policy, failure_reward, given)
+        self.options = with_rule(given, self.failure_rule)
+        self.unscored_as_none = unscored_as_none
         # TRL names the logged metrics after `__name__` (rewards/<name>/mean).
         self.__name__ = name
         self.raise_errors = raise_errors
@@ -100,49 +127,79 @@ class _ScribeRewardBase:
             raise ValueError(f"{len(values)} outcomes for {len(completions)} completions")
         return values
 
-    def _requests(
+    def _rollouts(
         self, prompts: Sequence[Any], completions: Sequence[Any], kwargs: Any
-    ) -> list[ScoreRequest | None]:
+    ) -> list[_Rollout]:
         outcomes = self._outcomes(prompts, completions, kwargs)
-        requests: list[ScoreRequest | None] = []
-        for prompt, completion, outcome in zip(prompts, completions, outcomes, strict=True):
+        rollouts: list[_Rollout] = []
+        for prompt, completion, value in zip(prompts, completions, outcomes, strict=True):
+            outcome = check_outcome(value)
             try:
                 request = trajectory_request(
-                    prompt, completion, outcome=check_outcome(outcome), options=self.options
+                    prompt, completion, outcome=outcome, options=self.options
                 )
             except ValidationError as exc:
                 # One rollout the service would refuse (e.g. empty) must not sink the batch.
                 log.info("scribe: completion not scored: %s", exc.errors()[0]["msg"])
                 request = None
-            requests.append(request)
-        return requests
+            rollouts.append(_Rollout(request, outcome))
+        return rollouts
 
-    def _chunks(self, requests: Sequence[ScoreRequest | None]) -> list[list[ScoreRequest]]:
-        valid = [r for r in requests if r is not None]
+    def _chunks(self, rollouts: Sequence[_Rollout]) -> list[list[ScoreRequest]]:
+        valid = [r.request for r in rollouts if r.request is not None]
         return [valid[i : i + self.max_batch] for i in range(0, len(valid), self.max_batch)]
 
-    def _failed(self, exc: RewardServiceError) -> None:
+    @staticmethod
+    def _refused(exc: RewardServiceError) -> bool:
+        # One rollout over a limit makes the service refuse the whole batch call; sent alone,
+        # the others are scored and only that one is refused.
+        return isinstance(exc, InvalidRequestError | PayloadTooLargeError)
+
+    def _failed(self, exc: RewardServiceError, chunk: Sequence[ScoreRequest]) -> list[None]:
         if self.raise_errors:
             raise exc
-        log.warning("scribe: the batch was not scored, its rewards are None: %s", exc)
+        log.warning(
+            "scribe: %d completions not scored, they get the failure stand-in: %s", len(chunk), exc
+        )
+        return [None] * len(chunk)
 
     def _rewards(
         self,
-        requests: Sequence[ScoreRequest | None],
-        results: Sequence[ScoreResponse] | None,
+        rollouts: Sequence[_Rollout],
+        results: Sequence[ScoreResponse | None],
         kwargs: Any,
     ) -> Rewards:
-        answered = iter(results or ())
+        """`results` line up with the rollouts that have a request (None: not answered)."""
+        answered = iter(results)
         rewards: Rewards = []
         process: list[float] = []
-        for request in requests:
-            result = next(answered, None) if request is not None and results is not None else None
-            rewards.append(None if result is None else result.reward)
-            if result is not None and result.process_reward is not None:
-                process.append(result.process_reward)
+        unjudged = steps = failed_steps = 0
+        for rollout in rollouts:
+            result = None if rollout.request is None else next(answered)
+            judged = result is not None and result.status != "failed"
+            if judged or not self.unscored_as_none:
+                rule = self.failure_rule
+                reward = trainer_reward(
+                    result,
+                    rollout.outcome,
+                    self.options,
+                    policy=rule.policy,
+                    failure_reward=rule.reward,
+                )
+                rewards.append(reward)
+            else:
+                rewards.append(None)
+            unjudged += not judged
+            if result is not None:
+                steps += len(result.steps)
+                failed_steps += sum(step.status == "failed" for step in result.steps)
+                if result.process_reward is not None:
+                    process.append(result.process_reward)
         log_metric = kwargs.get("log_metric")
         if callable(log_metric) and rewards:
-            log_metric("scribe/failed", sum(r is None for r in rewards) / len(rewards))
+            log_metric("scribe/failed", unjudged / len(rewards))
+            if steps:
+                log_metric("scribe/failed_steps", failed_steps / steps)
             if process:
                 log_metric("scribe/process_reward", sum(process) / len(process))
         return rewards
@@ -158,9 +215,14 @@ class ScribeReward(_ScribeRewardBase):
     * **outcome_column** - the dataset column holding the outcome in [0, 1]; None ignores it.
     * **outcome_fn** - computes the outcomes instead, called like a TRL reward function.
     * **options** - `ScoreOptions` sent with every request (aggregation, weights).
+    * **failure_policy**, **failure_reward** - how failed steps and unscored completions
+      count (``pessimistic``, 0.0; at most 0): the argument, else the field of ``options``,
+      else ``SCRIBE_FAILURE_POLICY`` / ``SCRIBE_FAILURE_REWARD``. Sent with every request.
+    * **unscored_as_none** - ``None`` instead of the stand-in for a completion with no
+      judged step (TRL then gives it no advantage from this function; see the module doc).
     * **name** - the name TRL logs the rewards under (``rewards/<name>/mean``).
-    * **raise_errors** - raise when the service cannot be reached or refuses the batch,
-      instead of returning None for every completion.
+    * **raise_errors** - raise when the service cannot be reached or refuses a chunk of the
+      batch, instead of giving its completions the stand-in.
     * **http_client** - an ``httpx.Client`` to send with (tests, proxies).
 
     Each call opens its own connection pool (unless ``http_client`` is given), so there is
@@ -176,6 +238,9 @@ class ScribeReward(_ScribeRewardBase):
         outcome_column: str | None = "outcome",
         outcome_fn: OutcomeFn | None = None,
         options: ScoreOptions | Mapping[str, Any] | None = None,
+        failure_policy: FailurePolicy | None = None,
+        failure_reward: float | None = None,
+        unscored_as_none: bool = False,
         name: str = "scribe",
         raise_errors: bool = False,
         max_batch: int = DEFAULT_MAX_BATCH,
@@ -189,6 +254,9 @@ class ScribeReward(_ScribeRewardBase):
             outcome_column=outcome_column,
             outcome_fn=outcome_fn,
             options=options,
+            failure_policy=failure_policy,
+            failure_reward=failure_reward,
+            unscored_as_none=unscored_as_none,
             name=name,
             raise_errors=raise_errors,
             max_batch=max_batch,
@@ -200,20 +268,26 @@ class ScribeReward(_ScribeRewardBase):
     def __call__(
         self, prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any
     ) -> Rewards:
-        requests = self._requests(prompts, completions, kwargs)
+        rollouts = self._rollouts(prompts, completions, kwargs)
         client = RewardClient(
             self.base_url, api_key=self.api_key, timeout=self.timeout,
             max_retries=self.max_retries, http_client=self._http_client,
         )  # fmt: skip
-        answered: list[ScoreResponse] = []
+        answered: list[ScoreResponse | None] = []
         with client:
-            try:
-                for chunk in self._chunks(requests):
+            for chunk in self._chunks(rollouts):
+                try:
                     answered += client.score_batch(chunk)
-            except RewardServiceError as exc:
-                self._failed(exc)
-                return self._rewards(requests, None, kwargs)
-        return self._rewards(requests, answered, kwargs)
+                except RewardServiceError as exc:
+                    if not self._refused(exc) or len(chunk) == 1:
+                        answered += self._failed(exc, chunk)
+                        continue
+                    for request in chunk:
+                        try:
+                            answered.append(client.score(request))
+                        except RewardServiceError as alone:
+                            answered += self._failed(alone, [request])
+        return self._rewards(rollouts, answered, kwargs)
 
 
 class AsyncScribeReward(_ScribeRewardBase):
@@ -227,6 +301,9 @@ class AsyncScribeReward(_ScribeRewardBase):
         outcome_column: str | None = "outcome",
         outcome_fn: OutcomeFn | None = None,
         options: ScoreOptions | Mapping[str, Any] | None = None,
+        failure_policy: FailurePolicy | None = None,
+        failure_reward: float | None = None,
+        unscored_as_none: bool = False,
         name: str = "scribe",
         raise_errors: bool = False,
         max_batch: int = DEFAULT_MAX_BATCH,
@@ -240,6 +317,9 @@ class AsyncScribeReward(_ScribeRewardBase):
             outcome_column=outcome_column,
             outcome_fn=outcome_fn,
             options=options,
+            failure_policy=failure_policy,
+            failure_reward=failure_reward,
+            unscored_as_none=unscored_as_none,
             name=name,
             raise_errors=raise_errors,
             max_batch=max_batch,
@@ -251,17 +331,23 @@ class AsyncScribeReward(_ScribeRewardBase):
     async def __call__(
         self, prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any
     ) -> Rewards:
-        requests = self._requests(prompts, completions, kwargs)
+        rollouts = self._rollouts(prompts, completions, kwargs)
         client = AsyncRewardClient(
             self.base_url, api_key=self.api_key, timeout=self.timeout,
             max_retries=self.max_retries, http_client=self._http_client,
         )  # fmt: skip
-        answered: list[ScoreResponse] = []
+        answered: list[ScoreResponse | None] = []
         async with client:
-            try:
-                for chunk in self._chunks(requests):
+            for chunk in self._chunks(rollouts):
+                try:
                     answered += await client.score_batch(chunk)
-            except RewardServiceError as exc:
-                self._failed(exc)
-                return self._rewards(requests, None, kwargs)
-        return self._rewards(requests, answered, kwargs)
+                except RewardServiceError as exc:
+                    if not self._refused(exc) or len(chunk) == 1:
+                        answered += self._failed(exc, chunk)
+                        continue
+                    for request in chunk:
+                        try:
+                            answered.append(await client.score(request))
+                        except RewardServiceError as alone:
+                            answered += self._failed(alone, [request])
+        return self._rewards(rollouts, answered, kwargs)

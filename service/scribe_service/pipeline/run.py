@@ -1,19 +1,27 @@
-"""The pipeline: segment → embed → retrieve → render → judge → aggregate.
+"""The pipeline: segment → embed → route → render → judge → aggregate.
 
 `Pipeline` holds what the lifespan loaded once (library, embedder, index, judge) and runs the
-stages in order; each stage is a module of its own. Contract: every step of an accepted
-request comes back, in order, either judged (`status: ok`) or with an explicit error
-(`status: failed`). Steps are judged concurrently; the judge's own semaphore is the one
-global bound on calls in flight. A batch embeds all its subgoals in one encode call.
+stages in order; each stage is a module of its own, and each is timed under its name
+(`scribe_stage_seconds{stage=...}`). Contract: every step of an accepted request comes back,
+in order, either judged (`status: ok`) or with an explicit error (`status: failed`).
+
+Each stage fails on its own. A step's own stages (render, judge) fail that step alone, with
+a typed `StepError`, and its siblings are judged regardless. The request-wide stages
+(segment, embed, route: a batch embeds all its subgoals in one encode call) and aggregate
+(pure arithmetic on the step results) have no step to pin a failure on: an unexpected one
+fails the request with a 500 that names the stage. Steps are judged concurrently;
+the judge's own semaphore is the one global bound on calls in flight.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any, Literal
 
 from scribe_client.protocol import (
     JudgeInfo,
@@ -25,19 +33,35 @@ from scribe_client.protocol import (
     StepResult,
     StepRoute,
 )
-from scribe_service.errors import InputLimitError, OverloadedError, UnavailableError
+from scribe_service.errors import (
+    InputLimitError,
+    OverloadedError,
+    ServiceError,
+    UnavailableError,
+)
 from scribe_service.library import Library
 from scribe_service.limits import InputLimits
 from scribe_service.metrics import Metrics
 from scribe_service.pipeline import aggregate
-from scribe_service.pipeline.embed import Embedder
-from scribe_service.pipeline.judge import Judge, JudgeError, JudgeMode
+from scribe_service.pipeline.embed import Embedder, Vectors
+from scribe_service.pipeline.judge import Judge, JudgeError, JudgeMode, Messages, Verdict
 from scribe_service.pipeline.logprob import TOP_LOGPROBS
 from scribe_service.pipeline.render import render_messages
 from scribe_service.pipeline.retrieve import PrototypeIndex, Route
 from scribe_service.pipeline.segment import Segmented, Step, segment
 
 log = logging.getLogger(__name__)
+
+RequestStage = Literal["segment", "embed", "route", "aggregate"]
+
+
+class StageError(ServiceError):
+    """A request-wide stage failed unexpectedly: HTTP 500 that names the stage (the traceback
+    goes to the log, not to the caller)."""
+
+    def __init__(self, stage: RequestStage, exc: Exception) -> None:
+        super().__init__(500, f"the {stage} stage failed ({type(exc).__name__})", type="internal")
+        self.stage = stage
 
 
 @dataclass(frozen=True)
@@ -103,6 +127,7 @@ class Pipeline:
         retry_after: int = 5,
         unavailable_retry_after: int = 5,
         metrics: Metrics | None = None,
+        failure_rule: aggregate.FailureRule | None = None,
     ) -> None:
         self.library = library
         self.embedder = embedder
@@ -119,6 +144,8 @@ class Pipeline:
         self.pending = 0
         """Trajectories accepted for scoring and not yet answered."""
         self.metrics = metrics or Metrics()
+        self.failure_rule = failure_rule or aggregate.FailureRule()
+        """The failure policy and reward where a request's options leave them null."""
 
     @property
     def judge_model(self) -> str:
@@ -142,35 +169,58 @@ class Pipeline:
             min_score_mass=self.judge.min_score_mass if logprob else None,
         )
 
+    @contextlib.contextmanager
+    def _stage(self, name: RequestStage) -> Iterator[None]:
+        """Time a request-wide stage; a failure other than the caller's own (a `ServiceError`
+        such as an input limit) becomes a `StageError` naming it."""
+        with self.metrics.stage_seconds.labels(name).time():
+            try:
+                yield
+            except ServiceError:
+                raise
+            except Exception as exc:
+                log.exception("the %s stage failed", name)
+                raise StageError(name, exc) from exc
+
     async def _route_all(
         self, requests: Sequence[ScoreRequest | RouteRequest], thresholds: Sequence[float]
     ) -> list[Routed]:
-        with self.metrics.stage_seconds.labels("route").time():
-            routed = await self._segment_and_route(requests, thresholds)
-        self.metrics.fallback_routes.inc(sum(r.fallback for item in routed for r in item.routes))
-        return routed
+        """The request-wide stages: segment → embed → route."""
+        segmented = self._segment(requests)
+        vectors = await self._embed(segmented)
+        return self._route(segmented, vectors, thresholds)
 
-    async def _segment_and_route(
-        self, requests: Sequence[ScoreRequest | RouteRequest], thresholds: Sequence[float]
-    ) -> list[Routed]:
-        segmented = [
-            segment(messages=r.messages, completion=r.completion, steps=r.steps, prompt=r.prompt)
-            for r in requests
-        ]
-        if self._limits is not None:
-            for position, (request, item) in enumerate(zip(requests, segmented, strict=True)):
-                prefix = f"requests[{position}]." if len(requests) > 1 else ""
-                _check_limits(request, item, self._limits, prefix)
+    def _segment(self, requests: Sequence[ScoreRequest | RouteRequest]) -> list[Segmented]:
+        with self._stage("segment"):
+            segmented = [
+                segment(
+                    messages=r.messages, completion=r.completion, steps=r.steps, prompt=r.prompt
+                )
+                for r in requests
+            ]
+            if self._limits is not None:
+                for position, (request, item) in enumerate(zip(requests, segmented, strict=True)):
+                    prefix = f"requests[{position}]." if len(requests) > 1 else ""
+                    _check_limits(request, item, self._limits, prefix)
+        return segmented
+
+    async def _embed(self, segmented: Sequence[Segmented]) -> Vectors:
         subgoals = [step.subgoal for s in segmented for step in s.steps]
-        # Encoding is CPU-bound: keep it off the event loop.
-        vectors = await asyncio.to_thread(self.embedder.encode, subgoals)
-        routed, offset = [], 0
-        for item, threshold in zip(segmented, thresholds, strict=True):
-            count = len(item.steps)
-            routed.append(
-                Routed(item, self.index.route(vectors[offset : offset + count], threshold))
-            )
-            offset += count
+        with self._stage("embed"):
+            # Encoding is CPU-bound: keep it off the event loop.
+            return await asyncio.to_thread(self.embedder.encode, subgoals)
+
+    def _route(
+        self, segmented: Sequence[Segmented], vectors: Vectors, thresholds: Sequence[float]
+    ) -> list[Routed]:
+        with self._stage("route"):
+            routed, offset = [], 0
+            for item, threshold in zip(segmented, thresholds, strict=True):
+                count = len(item.steps)
+                routes = self.index.route(vectors[offset : offset + count], threshold)
+                routed.append(Routed(item, routes))
+                offset += count
+        self.metrics.fallback_routes.inc(sum(r.fallback for item in routed for r in item.routes))
         return routed
 
     async def route(self, request: RouteRequest) -> RouteResponse:
@@ -221,7 +271,8 @@ class Pipeline:
             self.min_similarity if r.options.min_similarity is None else r.options.min_similarity
             for r in requests
         ]
-        routed = await self._route_all(requests, thresholds)
+        routed = await self._route_all(requests, thresholds)  # segment → embed → route
+        # Then, for each trajectory: render → judge for each step, and aggregate.
         return list(
             await asyncio.gather(
                 *(
@@ -239,61 +290,64 @@ class Pipeline:
         deadline: float | None,
         mode: JudgeMode | None,
     ) -> StepResult:
-        with self.metrics.stage_seconds.labels("judge").time():
-            result = await self._judge_one(segmented, step, route, deadline, mode)
+        """A step's own stages, render → judge; whatever fails there fails this step only."""
+        base = _step_route(step, route).model_dump()
+        outcome = await self._render_and_judge(segmented, step, route, deadline, mode)
+        if isinstance(outcome, StepError):
+            result = StepResult(**base, status="failed", error=outcome)
+        else:
+            result = _judged(base, outcome)
         self.metrics.steps.labels(result.status).inc()
         return result
 
-    async def _judge_one(
+    async def _render_and_judge(
         self,
         segmented: Segmented,
         step: Step,
         route: Route,
         deadline: float | None,
         mode: JudgeMode | None,
-    ) -> StepResult:
-        base = _step_route(step, route).model_dump()
+    ) -> Verdict | StepError:
         if self.judge is None:
-            error = StepError(type="judge_unavailable", message="no judge configured")
-            return StepResult(**base, status="failed", error=error)
+            return StepError(type="judge_unavailable", message="no judge configured")
         mode = mode or self.judge.mode
-        messages = render_messages(
-            self.library,
-            route.prototype,
-            segmented,
-            step,
-            max_step_chars=self._max_step_chars,
-            max_context_chars=self._max_context_chars,
-            mode=mode,
-        )
+        try:
+            with self.metrics.stage_seconds.labels("render").time():
+                messages = render_messages(
+                    self.library,
+                    route.prototype,
+                    segmented,
+                    step,
+                    max_step_chars=self._max_step_chars,
+                    max_context_chars=self._max_context_chars,
+                    mode=mode,
+                )
+        except Exception as exc:  # a bug must fail the step visibly, not the whole request
+            log.exception("rendering step %d failed", step.index)
+            return StepError(type="internal", message=f"render: {type(exc).__name__}: {exc}")
+        with self.metrics.stage_seconds.labels("judge").time():
+            return await self._judge(messages, route, deadline, mode, step.index)
+
+    async def _judge(
+        self,
+        messages: Messages,
+        route: Route,
+        deadline: float | None,
+        mode: JudgeMode,
+        index: int,
+    ) -> Verdict | StepError:
+        assert self.judge is not None  # checked by the caller
         try:
             async with asyncio.timeout_at(deadline):
-                verdict = await self.judge.verdict(messages, route.prototype, mode)
+                return await self.judge.verdict(messages, route.prototype, mode)
         except TimeoutError:
             message = f"request deadline of {self._request_deadline:g}s passed before a verdict"
-            return StepResult(
-                **base, status="failed", error=StepError(type="judge_timeout", message=message)
-            )
+            return StepError(type="judge_timeout", message=message)
         except JudgeError as exc:
-            return StepResult(
-                **base, status="failed", error=StepError(type=exc.type, message=str(exc))
-            )
+            return StepError(type=exc.type, message=str(exc))
         except Exception as exc:  # a bug must fail the step visibly, not the whole request
-            log.exception("step %d failed unexpectedly", step.index)
-            error = StepError(type="internal", message=f"{type(exc).__name__}: {exc}")
-            return StepResult(**base, status="failed", error=error)
-        graded = verdict.score if verdict.expected_score is None else verdict.expected_score
-        return StepResult(
-            **base,
-            score=verdict.score,
-            reward=aggregate.step_reward(graded),
-            expected_score=verdict.expected_score,
-            score_mass=verdict.score_mass,
-            failure_modes=list(verdict.failure_modes),
-            rationale=verdict.rationale,
-            judge_replica=verdict.served_by,
-            status="ok",
-        )
+            log.exception("judging step %d failed unexpectedly", index)
+            return StepError(type="internal", message=f"judge: {type(exc).__name__}: {exc}")
 
     async def _judge_trajectory(self, request: ScoreRequest, routed: Routed) -> ScoreResponse:
         deadline = (
@@ -309,21 +363,40 @@ class Pipeline:
                 for step, route in zip(routed.segmented.steps, routed.routes, strict=True)
             )
         )
+        with self._stage("aggregate"):
+            return self._aggregate(request, list(results))
+
+    def _aggregate(self, request: ScoreRequest, results: list[StepResult]) -> ScoreResponse:
         options = request.options
-        process = aggregate.process_reward([r.reward for r in results], options.aggregation)
+        scalars = aggregate.scalars(
+            [r.reward for r in results], request.outcome, options, self.failure_rule
+        )
         return ScoreResponse(
             request_id=request.request_id or uuid.uuid4().hex,
             status=aggregate.overall_status([r.status for r in results]),
-            reward=aggregate.trajectory_reward(
-                process,
-                request.outcome,
-                outcome_weight=options.outcome_weight,
-                process_weight=options.process_weight,
-            ),
-            process_reward=process,
+            reward=scalars.reward,
+            process_reward=scalars.process_reward,
             outcome_reward=request.outcome,
+            training_reward=scalars.training_reward,
+            failure_policy=scalars.failure_policy,
+            failure_reward=scalars.failure_reward,
             steps=list(results),
             library_version=self.library.version,
             judge_model=self.judge_model,
             judge=self.judge_info(options.judge_mode),
         )
+
+
+def _judged(base: dict[str, Any], verdict: Verdict) -> StepResult:
+    graded = verdict.score if verdict.expected_score is None else verdict.expected_score
+    return StepResult(
+        **base,
+        score=verdict.score,
+        reward=aggregate.step_reward(graded),
+        expected_score=verdict.expected_score,
+        score_mass=verdict.score_mass,
+        failure_modes=list(verdict.failure_modes),
+        rationale=verdict.rationale,
+        judge_replica=verdict.served_by,
+        status="ok",
+    )

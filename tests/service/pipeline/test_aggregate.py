@@ -2,10 +2,12 @@ from __future__ import annotations
 
 import pytest
 
-from scribe_client.protocol import Aggregation
+from scribe_client.protocol import Aggregation, ScoreOptions
 from scribe_service.pipeline.aggregate import (
+    FailureRule,
     overall_status,
     process_reward,
+    scalars,
     step_reward,
     trajectory_reward,
 )
@@ -63,3 +65,39 @@ def test_custom_weights() -> None:
 )
 def test_overall_status(statuses: list[str], expected: str) -> None:
     assert overall_status(statuses) == expected  # type: ignore[arg-type]
+
+
+def test_scalars_keep_reward_honest_and_count_failures_for_the_trainer() -> None:
+    got = scalars([1.0, None], 1.0, ScoreOptions(), FailureRule())
+    # The response's reward leaves the failed step out; the trainer's number counts it as 0.
+    assert got.process_reward == 1.0 and got.reward == pytest.approx(1.0)
+    assert got.training_reward == pytest.approx(0.7 + 0.3 * 0.5)
+    assert (got.failure_policy, got.failure_reward) == ("pessimistic", 0.0)
+
+
+def test_scalars_when_nothing_was_judged() -> None:
+    got = scalars([None, None], 1.0, ScoreOptions(), FailureRule(reward=-1.0))
+    assert got.reward is None and got.process_reward is None
+    assert got.training_reward == pytest.approx(0.7 - 0.3)
+
+
+@pytest.mark.parametrize(
+    ("options", "default", "expected"),
+    [
+        pytest.param({}, FailureRule("exclude", -0.5), ("exclude", -0.5, 1.0), id="server"),
+        pytest.param(
+            {"failure_policy": "pessimistic", "failure_reward": -1.0},
+            FailureRule("exclude", -0.5),
+            ("pessimistic", -1.0, 0.0),
+            id="request-overrides",
+        ),
+        pytest.param(
+            {"failure_reward": 0.0}, FailureRule(reward=-0.5), ("pessimistic", 0.0, 0.5), id="zero"
+        ),
+    ],
+)
+def test_the_request_overrides_the_server_rule(
+    options: dict[str, object], default: FailureRule, expected: tuple[str, float, float]
+) -> None:
+    got = scalars([1.0, None], None, ScoreOptions.model_validate(options), default)
+    assert (got.failure_policy, got.failure_reward, got.training_reward) == expected

@@ -7,8 +7,8 @@
 
 The policy is a random 2-layer Llama on SmolLM2's tokenizer, so each run is about a second
 of training; the time goes to judging. Every /v1/score/batch response body is recorded by an
-httpx hook, beside the adapter, so the test can compare what the service answered with what
-TRL logged.
+httpx hook, beside the adapter, so the test can compare what the service answered (each
+result's `training_reward`) with what TRL logged.
 """
 
 from __future__ import annotations
@@ -62,7 +62,8 @@ def train(
 
 
 def rewards_of(body: bytes) -> list[float | None]:
-    return [result["reward"] for result in json.loads(body)["results"]]
+    # What the adapter hands TRL: the trainer-facing reward, failed steps counted.
+    return [result["training_reward"] for result in json.loads(body)["results"]]
 
 
 def exact_match(prompts: Any, completions: Any, answer: list[str], **kwargs: Any) -> list[float]:

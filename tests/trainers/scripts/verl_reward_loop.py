@@ -76,7 +76,7 @@ def run(name: str, service: str, data: DataProto) -> dict[str, Any]:
         cfg.reward.custom_reward_function.reward_kwargs = {
             "scribe_url": service,
             "outcome_fn": "verl.utils.reward_score.default_compute_score",
-            "failure_score": 0.0,
+            "failure_reward": 0.0,
         }
     worker = RewardLoopWorker(cfg)
     outs = worker.loop.run_until_complete(worker.compute_score_batch(data))
