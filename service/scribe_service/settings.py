@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
@@ -10,6 +11,19 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 BUNDLED_EMBEDDER = "bundled:all-MiniLM-L6-v2"
 EMBEDDED_JUDGE_MODEL = "qwen2.5-coder-1.5b-instruct-q4_k_m"
+
+
+RETIRED = {
+    "SCRIBE_TOP_K": "ignored: a step is routed to its nearest exemplar",
+    "SCRIBE_REMOTE_RM_FAILURE_REWARD": "ignored: renamed SCRIBE_FAILURE_REWARD",
+}
+"""Variables that no longer mean anything, and what to do instead."""
+
+
+def retired_variables(environ: Mapping[str, str]) -> list[str]:
+    """A warning for each retired variable still set. Settings ignore unknown variables, so
+    without it an old deployment's value would vanish silently."""
+    return [f"{name} is {advice}" for name, advice in RETIRED.items() if environ.get(name)]
 
 
 def default_prototypes_dir() -> Path:
@@ -64,7 +78,6 @@ class Settings(BaseSettings):
         le=1.0,
         description="Below this cosine similarity a step gets the generic fallback rubric.",
     )
-    top_k: int = Field(default=8, ge=1, description="Exemplars retrieved per subgoal.")
 
     judge_url: str | None = Field(
         default=None,
@@ -147,6 +160,13 @@ class Settings(BaseSettings):
     judge_seed: int | None = 0
     embedded_n_ctx: int = Field(default=4096, ge=512)
     embedded_threads: int | None = Field(default=None, ge=1)
+    embedded_cache_mb: int = Field(
+        default=1024,
+        ge=0,
+        description="Bound on the embedded judge's cache of evaluated prompt prefixes, MiB, "
+        "counting everything an entry holds (about 26 KB per prompt token for the bundled "
+        "judge); 0: no cache (the judge still reuses the previous prompt's prefix).",
+    )
 
     max_body_bytes: int = Field(
         default=16 * 1024 * 1024, ge=1024, description="Larger request bodies get a 413."
@@ -163,12 +183,24 @@ class Settings(BaseSettings):
         default=1500, ge=0, description="Budget for the task and earlier steps in the prompt."
     )
 
-    # --- OpenRLHF's remote reward model (POST /get_reward) ---
-    remote_rm_failure_reward: float = Field(
-        default=0.0,
-        description="/get_reward's reward for a sample that could not be scored and whose "
-        "label gave no outcome (OpenRLHF cannot take a missing reward); extra_logs flags it.",
+    # --- the trainer-facing reward when judging fails (scribe_client.rewards) ---
+    failure_policy: Literal["pessimistic", "exclude"] = Field(
+        default="pessimistic",
+        description="How failed steps count in `training_reward` and /get_reward's rewards. "
+        "pessimistic: as `failure_reward`, and a trajectory with nothing judged gets "
+        "outcome_weight*outcome + process_weight*failure_reward; exclude: left out, and the "
+        "bare outcome when nothing was judged (a policy can learn to break the judge). A "
+        "request's options.failure_policy overrides it.",
     )
+    failure_reward: float = Field(
+        default=0.0,
+        le=0.0,
+        allow_inf_nan=False,
+        description="What a failed step (or a sample that could not be scored) counts as; at "
+        "most 0, the worst judged step reward. A request's options.failure_reward overrides it.",
+    )
+
+    # --- OpenRLHF's remote reward model (POST /get_reward) ---
     remote_rm_labels_are_outcomes: bool = Field(
         default=True,
         description="Read a /get_reward label that is a number in [0, 1] as the outcome.",

@@ -4,13 +4,15 @@ import io
 import json
 import logging
 import logging.config
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import pytest
+from asgi_correlation_id import CorrelationIdFilter
 from fastapi.testclient import TestClient
 
 from scribe_service.app import create_app
-from scribe_service.logs import logging_config
+from scribe_service.logs import TextFormatter, logging_config, request_id
+from scribe_service.pipeline.embed import Vectors
 from scribe_service.settings import Settings
 from support import FakeEmbedder, FakeJudge
 
@@ -62,10 +64,58 @@ def test_lines_outside_requests_have_no_id(json_logs: io.StringIO) -> None:
 
 
 def test_text_format_is_key_value() -> None:
-    from scribe_service.logs import RequestIdFilter, TextFormatter
-
-    record = logging.makeLogRecord({"msg": "request", "levelname": "INFO", "name": "x"})
+    record = logging.makeLogRecord(
+        {"msg": "request", "levelname": "INFO", "name": "x", "created": 1_700_000_000.25}
+    )
+    record.msecs = 250.0
     record.status = 200
-    RequestIdFilter().filter(record)
     line = TextFormatter().format(record)
-    assert line.endswith("INFO x request request_id=- status=200")
+    assert line == "2023-11-14T22:13:20.250Z INFO x request request_id=- status=200"
+    token = request_id.set("req-7")
+    try:
+        CorrelationIdFilter(default_value="-").filter(record)
+    finally:
+        request_id.reset(token)
+    assert TextFormatter().format(record).endswith("request request_id=req-7 status=200")
+
+
+def test_an_exception_goes_into_its_own_json_field(json_logs: io.StringIO) -> None:
+    try:
+        raise RuntimeError("judge exploded")
+    except RuntimeError:
+        logging.getLogger("scribe_service.test").exception("scoring failed", extra={"step": 3})
+    [record] = _records(json_logs)
+    assert record["message"] == "scoring failed" and record["step"] == 3
+    assert "RuntimeError: judge exploded" in str(record["exception"])
+    assert "exc_info" not in record
+
+
+class LoggingEmbedder(FakeEmbedder):
+    """Logs from inside `encode`, which the pipeline runs in a worker thread."""
+
+    def encode(self, texts: Sequence[str]) -> Vectors:
+        logging.getLogger("scribe_service.test.embedder").info("encoding %d texts", len(texts))
+        return super().encode(texts)
+
+
+def test_the_id_reaches_worker_threads_and_a_bad_id_is_replaced(
+    json_logs: io.StringIO, settings: Settings
+) -> None:
+    app = create_app(settings, embedder=LoggingEmbedder(), judge_backend=FakeJudge())
+    with TestClient(app) as client:
+        kept = client.post(
+            "/v1/score", json={"completion": "2 + 2 = 4"}, headers={"X-Request-ID": "t-1"}
+        )
+        replaced = client.post(
+            "/v1/score", json={"completion": "2 + 2 = 4"}, headers={"X-Request-ID": "a b"}
+        )
+    assert kept.headers["X-Request-ID"] == "t-1"
+    new_id = replaced.headers["X-Request-ID"]
+    assert new_id != "a b" and len(new_id) == 32
+    records = _records(json_logs)
+    encoding = [r for r in records if r["logger"] == "scribe_service.test.embedder"]
+    # The index's own encode at start-up has no request; each request's encode has its id.
+    assert [r["request_id"] for r in encoding][-2:] == ["t-1", new_id]
+    assert encoding[0]["request_id"] == "-"
+    access = [r for r in records if r["logger"] == "scribe_service.access"]
+    assert [(r["request_id"], r["status"]) for r in access] == [("t-1", 200), (new_id, 200)]

@@ -1,10 +1,11 @@
 """Stage 2b: route each subgoal to its nearest skill prototype with FAISS.
 
 Every exemplar of every routable prototype is one row of an inner-product index over unit
-vectors (so scores are cosine similarities). A subgoal's top-k exemplars are retrieved and
-the prototype owning the nearest one is chosen; its similarity is reported. Below the
-threshold the library's generic fallback rubric is used instead and the step is flagged,
-because a wrong rubric gives systematically wrong rewards while a generic one is only vague.
+vectors (so scores are cosine similarities). A subgoal goes to the prototype that owns its one
+nearest exemplar, and that similarity is reported: a single nearest neighbour, so there is no k
+to tune. Below the threshold the library's generic fallback rubric is used instead and the step
+is flagged, because a wrong rubric gives systematically wrong rewards while a generic one is
+only vague.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ class Route:
 
 
 class PrototypeIndex:
-    def __init__(self, library: Library, embedder: Embedder, *, top_k: int = 8) -> None:
+    def __init__(self, library: Library, embedder: Embedder) -> None:
         owners: list[Prototype] = []
         phrasings: list[str] = []
         for prototype in library.routable():
@@ -39,18 +40,15 @@ class PrototypeIndex:
         self._index.add(vectors)
         self._owners = owners
         self._fallback = library.fallback
-        self._top_k = min(top_k, len(owners))
         self.size = len(owners)
 
     def route(self, vectors: Vectors, min_similarity: float) -> list[Route]:
         if len(vectors) == 0:
             return []
-        scores, rows = self._index.search(np.ascontiguousarray(vectors), self._top_k)
+        scores, rows = self._index.search(np.ascontiguousarray(vectors), 1)
         routes = []
-        for score_row, id_row in zip(scores, rows, strict=True):
-            # Rows come back sorted by similarity, so the first hit is the nearest exemplar.
-            nearest = self._owners[int(id_row[0])]
-            similarity = float(score_row[0])
+        for [similarity], [row] in zip(scores.tolist(), rows.tolist(), strict=True):
+            nearest = self._owners[row]
             fallback = similarity < min_similarity
             routes.append(
                 Route(

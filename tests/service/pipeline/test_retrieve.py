@@ -1,13 +1,20 @@
 from __future__ import annotations
 
+import logging
+
+import numpy as np
+import pytest
+
+from scribe_service.app import build_pipeline
 from scribe_service.library import Library
 from scribe_service.pipeline.retrieve import PrototypeIndex
+from scribe_service.settings import Settings
 from support import FakeEmbedder
 
 
 def test_each_exemplar_routes_to_its_own_prototype(library: Library) -> None:
     embedder = FakeEmbedder()
-    index = PrototypeIndex(library, embedder, top_k=4)
+    index = PrototypeIndex(library, embedder)
     prototypes = library.routable()
     assert index.size == sum(len(p.exemplars) for p in prototypes)
     exemplars = [(p.id, e) for p in prototypes for e in p.exemplars]
@@ -31,3 +38,41 @@ def test_below_threshold_uses_the_fallback_and_reports_the_nearest(library: Libr
 def test_empty_input(library: Library) -> None:
     embedder = FakeEmbedder()
     assert PrototypeIndex(library, embedder).route(embedder.encode([]), 0.3) == []
+
+
+def test_a_step_goes_to_the_owner_of_its_single_nearest_exemplar(library: Library) -> None:
+    embedder = FakeEmbedder()
+    index = PrototypeIndex(library, embedder)
+    owners = [p for p in library.routable() for _ in p.exemplars]
+    exemplars = embedder.encode([e for p in library.routable() for e in p.exemplars])
+    queries = [
+        "search the web for the capital of france",
+        "check the tool output before answering",
+        "compute the sum of both numbers step by step",
+        "write the final answer",
+    ]
+    vectors = embedder.encode(queries)
+    routes = index.route(vectors, min_similarity=-1.0)
+    # Brute force: the exemplar with the highest cosine similarity decides, nothing else.
+    similarities = vectors @ exemplars.T
+    for route, row in zip(routes, similarities, strict=True):
+        best = float(row.max())
+        assert route.similarity == pytest.approx(best, abs=1e-4)
+        assert route.nearest.id in {owners[i].id for i in np.flatnonzero(row >= best - 1e-6)}
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("name", ["SCRIBE_TOP_K", "SCRIBE_REMOTE_RM_FAILURE_REWARD"])
+async def test_a_retired_setting_is_reported_not_silently_dropped(
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    name: str,
+) -> None:
+    await build_pipeline(settings, embedder=FakeEmbedder(), with_judge=False)
+    assert name not in caplog.text
+    monkeypatch.setenv(name, "4")
+    with caplog.at_level(logging.WARNING, logger="scribe_service"):
+        await build_pipeline(settings, embedder=FakeEmbedder(), with_judge=False)
+    [record] = [r for r in caplog.records if name in r.getMessage()]
+    assert record.levelno == logging.WARNING and "ignored" in record.getMessage()
