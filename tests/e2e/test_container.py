@@ -1,5 +1,5 @@
 """The container image end to end: build it with podman (scripts/container-build), run it as a
-trainer's neighbour would, wait for /readyz and score a real trajectory.
+trainer's neighbour would, wait for /readyz and score an agent trajectory (tests/fixtures).
 
 SCRIBE_CONTAINER_EMBEDDED=1 (default): the image with the embedded judge, which does the
 judging. 0: the image without it, pointed at a SmolLM2 llama.cpp server on the host (a judge
@@ -26,11 +26,11 @@ import httpx
 import pytest
 
 from scribe_client.protocol import ScoreResponse
+from support import fixture_records
 
 pytestmark = pytest.mark.container
 
 ROOT = Path(__file__).resolve().parents[2]
-DATA = ROOT.parent / "shared" / "data" / "dev"
 WORK = ROOT / "build" / "container"
 READY_TIMEOUT = 300.0
 SCORE_TIMEOUT = 600.0
@@ -139,19 +139,15 @@ def _wait_ready(running: Service) -> None:
 
 
 def _shortest_trajectory() -> dict[str, Any]:
-    """The dev agent trajectory with the fewest assistant steps, then the fewest characters:
-    the embedded judge takes seconds a step on a small CPU."""
-    path = DATA / "agentprocessbench_hotpotqa_dev.jsonl"
-    if not path.is_file():
-        pytest.skip(f"{path} not present")
-    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+    """The fixture agent trajectory (tests/fixtures) with the fewest assistant steps, then the
+    fewest characters: the embedded judge takes seconds a step on a small CPU."""
 
     def cost(record: dict[str, Any]) -> tuple[int, int]:
         messages = record["messages"]
         steps = sum(m["role"] == "assistant" for m in messages)
         return steps, sum(len(m.get("content") or "") for m in messages)
 
-    return min(records, key=cost)
+    return min(fixture_records("hotpot"), key=cost)
 
 
 def test_refuses_to_serve_without_an_api_key(image: str) -> None:
@@ -184,7 +180,7 @@ def test_ready_and_authenticated(service: Service) -> None:
     assert ready["prototypes"] > 0
 
 
-def test_scores_a_dev_trajectory(service: Service) -> None:
+def test_scores_a_trajectory(service: Service) -> None:
     record = _shortest_trajectory()
     payload = {
         "request_id": record["id"],
@@ -201,12 +197,8 @@ def test_scores_a_dev_trajectory(service: Service) -> None:
     assert result.request_id == record["id"]
     assert result.judge_model == JUDGE_MODEL
     assert [step.message_index for step in result.steps] == assistant
-    if not EMBEDDED and result.status != "ok":
-        # SmolLM2 may answer out of range: an explicit step error, never a silent score.
-        assert {step.error.type for step in result.steps if step.error} == {
-            "judge_invalid_output"
-        }, result.model_dump_json()
-        return
+    # Both judges are healthy (SmolLM2 is poor but held to the schema by llama.cpp's grammar):
+    # every step is judged, whichever image runs.
     assert result.status == "ok", result.model_dump_json()
     for step in result.steps:
         assert step.status == "ok" and step.score in {0, 1, 2, 3}

@@ -1,5 +1,6 @@
-"""The whole service on real components: MiniLM + FAISS routing over the dev corpus, and
-scoring with the bundled 1.5B judge, in-process and behind llama.cpp's HTTP server."""
+"""The whole service on real components: MiniLM + FAISS routing over the trajectory fixtures
+(and the dev corpus with --data-dir), and scoring with the bundled 1.5B judge, in-process and
+behind llama.cpp's HTTP server."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from scribe_client.protocol import RouteResponse, ScoreResponse
 from scribe_service.app import create_app
 from scribe_service.pipeline.embed import SentenceTransformerEmbedder
 from scribe_service.settings import Settings
-from support import PROTOTYPES, ScriptedJudgeHandler, free_port
+from support import PROTOTYPES, ScriptedJudgeHandler, fixture_records, free_port
 
 pytestmark = pytest.mark.real
 
@@ -57,11 +58,23 @@ def _route_all(client: TestClient, records: list[dict[str, Any]]) -> list[RouteR
     return routed
 
 
-@pytest.mark.parametrize("corpus", ["hotpot_records", "processbench_records"])
-def test_every_dev_trajectory_routes(
-    router_client: TestClient, corpus: str, request: pytest.FixtureRequest
+# Fallback rates measured with MiniLM: on the dev corpus 29.9 % of 368 HotpotQA agent steps
+# and 18.3 % of 8,364 ProcessBench steps; on the fixtures 1 of 11 and 3 of 14. The bounds leave
+# room for library edits, and fail a router that sends most steps to the generic rubric.
+MAX_FALLBACK_RATE = {"hotpot": 0.40, "processbench": 0.30}
+
+
+@pytest.mark.parametrize("corpus", ["hotpot", "processbench"])
+@pytest.mark.parametrize("source", ["fixtures", "corpus"])
+def test_every_trajectory_routes(
+    router_client: TestClient, source: str, corpus: str, request: pytest.FixtureRequest
 ) -> None:
-    records: list[dict[str, Any]] = request.getfixturevalue(corpus)
+    """Every record of the fixtures, and of the dev corpus with --data-dir."""
+    records: list[dict[str, Any]] = (
+        fixture_records(corpus)
+        if source == "fixtures"
+        else request.getfixturevalue(f"{corpus}_corpus")
+    )
     routed = _route_all(router_client, records)
     steps = fallbacks = 0
     for record, result in zip(records, routed, strict=True):
@@ -77,8 +90,9 @@ def test_every_dev_trajectory_routes(
             assert step.prototype_id
             assert step.fallback == (step.prototype_id == "generic_step")
             assert -1.0 <= step.similarity <= 1.0
-    print(f"\n{corpus}: {steps} steps, fallback rate {fallbacks / steps:.1%}")
-    assert fallbacks < steps  # routing is doing something
+    rate = fallbacks / steps
+    print(f"\n{source} {corpus}: {steps} steps, fallback rate {rate:.1%}")
+    assert rate <= MAX_FALLBACK_RATE[corpus], f"{fallbacks} of {steps} steps fell back"
 
 
 def test_routing_separates_domains(router_client: TestClient, library: Any) -> None:
@@ -111,10 +125,8 @@ def _short_hotpot(records: list[dict[str, Any]]) -> dict[str, Any]:
     return {"messages": record["messages"], "tools": record.get("tools"), "outcome": 1.0}
 
 
-def test_score_with_the_embedded_judge(
-    embedded_client: TestClient, hotpot_records: list[dict[str, Any]]
-) -> None:
-    payload = _short_hotpot(hotpot_records)
+def test_score_with_the_embedded_judge(embedded_client: TestClient) -> None:
+    payload = _short_hotpot(fixture_records("hotpot"))
     response = embedded_client.post("/v1/score", json=payload)
     assert response.status_code == 200, response.text
     result = ScoreResponse.model_validate(response.json())

@@ -91,11 +91,15 @@ def test_route_does_not_judge(client: TestClient, fake_judge: FakeJudge) -> None
 
 
 def test_judge_failures_are_explicit_never_zero(settings: Settings) -> None:
-    judge = FakeJudge(replies=["nonsense"] * 3 + [JudgeUnavailable("down")] * 3)
+    # Two attempts, not the default three: the judge is called exactly twice per step.
+    attempts = 2
+    assert Settings.model_fields["judge_max_attempts"].default != attempts
+    settings.judge_max_attempts = attempts
+    judge = FakeJudge(replies=["nonsense"] * attempts + [JudgeUnavailable("down")] * attempts)
     app = create_app(settings, embedder=FakeEmbedder(), judge_backend=judge)
-    settings.judge_max_attempts = 3
     with TestClient(app) as client:
         result = _score(client, {"steps": [{"content": "a"}], "outcome": 1.0})
+        assert len(judge.prompts) == attempts
         assert result.status == "failed"
         [step] = result.steps
         assert step.status == "failed" and step.score is None and step.reward is None
@@ -106,14 +110,20 @@ def test_judge_failures_are_explicit_never_zero(settings: Settings) -> None:
         result = _score(client, {"steps": [{"content": "a"}]})
         assert result.steps[0].error is not None
         assert result.steps[0].error.type == "judge_unavailable"
+        assert len(judge.prompts) == 2 * attempts and judge.replies == []
 
 
 def test_partial_when_some_steps_fail(settings: Settings) -> None:
-    judge = FakeJudge(replies=['{"failure_modes": [], "rationale": "", "score": 3}', "x", "x", "x"])
-    settings.judge_max_attempts = 3
+    # One attempt (the default is three): the first bad reply fails the step, and the two
+    # good replies left over show no retry happened.
+    assert Settings.model_fields["judge_max_attempts"].default != 1
+    settings.judge_max_attempts = 1
     settings.judge_concurrency = 1
+    good = '{"failure_modes": [], "rationale": "", "score": 3}'
+    judge = FakeJudge(replies=[good, "x", good, good])
     with TestClient(create_app(settings, embedder=FakeEmbedder(), judge_backend=judge)) as client:
         result = _score(client, {"steps": [{"content": "a"}, {"content": "b"}]})
+    assert len(judge.prompts) == 2 and judge.replies == [good, good]
     assert result.status == "partial"
     assert [s.status for s in result.steps] == ["ok", "failed"]
     assert result.process_reward == 1.0

@@ -2,75 +2,35 @@
 
 A trainer venv gets torch (the local CPU wheel, pinned first so pip never reaches for a CUDA
 build), the trainer library, and scribe-reward installed *without extras*: the adapters must
-work with what the trainer already has. Venvs are made once and reused while their recipe
-is unchanged (build/ is git-ignored). The service is `scribe serve` in a subprocess (real
-uvicorn, MiniLM, FAISS) judging with SmolLM2-135M behind llama.cpp's server.
+work with what the trainer already has. tests/venvs.py holds the recipes and makes each venv
+once, again only when its recipe changes (build/ is git-ignored). The service is `scribe
+serve` in a subprocess (real uvicorn, MiniLM, FAISS) judging with SmolLM2-135M behind
+llama.cpp's server.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from support import ROOT, scribe_server, smollm2_gguf
+from venvs import RECIPES, BuildError, ensure_venv
 
 BUILD = ROOT / "build"
 SCRIPTS = Path(__file__).parent / "scripts"
-TORCH = "torch==2.13.0"
-
-# One `pip install` per line; the packages are those environment.md §8 found to work on CPU.
-RECIPES: dict[str, list[list[str]]] = {
-    "trl": [[TORCH, "trl==1.16.0", "gguf", "-e", str(ROOT)]],
-    # verl's full requirements pull CUDA-only packages: install it alone, then what it imports
-    # on the reward path, within verl's own version ranges.
-    "verl": [
-        ["--no-deps", "verl==0.9.1"],
-        [
-            TORCH, "packaging", "numpy", "ray", "tensordict!=0.9.0,<=0.10.0,>=0.8.0", "omegaconf",
-            "transformers!=5.6.0,<5.11,>=5.5.3", "aiohttp", "codetiming", "orjson",
-            "-e", str(ROOT),
-        ],
-    ],
-    # openrlhf pins flash-attn (an sdist that needs CUDA to build): its reward client needs
-    # only these.
-    "openrlhf": [
-        ["--no-deps", "openrlhf==0.11.2"],
-        [TORCH, "aiohttp", "sympy", "pylatexenc", "transformers", "-e", str(ROOT)],
-    ],
-}  # fmt: skip
 
 
-def ensure_venv(name: str) -> Path:
-    """The python of build/venvs/<name>, created from its recipe unless already there."""
-    folder = BUILD / "venvs" / name
-    python = folder / "bin" / "python"
-    stamp = folder / ".recipe.json"
-    recipe = json.dumps(RECIPES[name])
-    if stamp.is_file() and stamp.read_text() == recipe and python.exists():
-        return python
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    log = folder.parent / f"{name}.log"
-    started = time.monotonic()
-    with log.open("w") as sink:
-        commands = [[sys.executable, "-m", "venv", str(folder)]]
-        commands += [[str(python), "-m", "pip", "install", "-q", *step] for step in RECIPES[name]]
-        for command in commands:
-            done = subprocess.run(command, stdout=sink, stderr=subprocess.STDOUT, check=False)
-            if done.returncode != 0:
-                tail = log.read_text()[-3000:]
-                pytest.fail(f"creating the {name} venv failed ({' '.join(command)}):\n{tail}")
-    stamp.write_text(recipe)
-    print(f"\n{name} venv created in {time.monotonic() - started:.0f} s")
-    return python
+def trainer_python(name: str) -> Path:
+    """The python of the trainer's venv, made on first use; a failed build fails the test."""
+    try:
+        return ensure_venv(RECIPES[name])
+    except BuildError as exc:
+        pytest.fail(str(exc))
 
 
 def run_script(
@@ -105,26 +65,26 @@ def run_trainer_script() -> RunScript:
 
 @pytest.fixture(scope="session")
 def trl_python() -> Path:
-    return ensure_venv("trl")
+    return trainer_python("trl")
 
 
 @pytest.fixture(scope="session")
 def verl_python() -> Path:
-    return ensure_venv("verl")
+    return trainer_python("verl")
 
 
 @pytest.fixture(scope="session")
 def openrlhf_python() -> Path:
-    return ensure_venv("openrlhf")
+    return trainer_python("openrlhf")
 
 
 @pytest.fixture(scope="session")
-def smollm2_tokenizer(trl_python: Path) -> Path:
+def smollm2_tokenizer() -> Path:
     """SmolLM2's Hugging Face tokenizer (chat template included), read from the bundled GGUF
-    once; loading GGUF needs the `gguf` package, which the TRL venv has."""
+    once by the main venv's transformers (with the dev extra's `gguf`): no trainer venv."""
     folder = BUILD / "models" / "smollm2-tokenizer"
     if not (folder / "tokenizer.json").is_file():
-        run_script(trl_python, "save_tokenizer.py", str(smollm2_gguf()), str(folder))
+        run_script(Path(sys.executable), "save_tokenizer.py", str(smollm2_gguf()), str(folder))
     return folder
 
 

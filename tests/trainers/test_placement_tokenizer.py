@@ -18,8 +18,6 @@ from scribe_adapters.placement import (
 from scribe_client.protocol import StepResult
 from scribe_service.pipeline.segment import segment_completion, segment_messages
 
-pytestmark = pytest.mark.trainer
-
 COMPLETION = (
     "Step 1: Factor 196.\n196 = 2² · 7², so its divisors are 1, 2, 4, 7, 14, 28, 49, 98, 196.\n"
     "Step 2: Keep the divisors below 14.\nThat leaves 1, 2, 4 and 7 — four of them.\n"

@@ -148,6 +148,8 @@ async def test_the_schema_is_enforced_and_a_violation_is_caught(
     await enforced.aclose()
 
     unenforced = OpenAIJudge(vllm_url, dialect="json_object")
+    # A reply cut off at max_tokens raises here already ("cut off at max_tokens"), outside the
+    # check below: only a whole reply that breaks the schema passes this test.
     reply = await unenforced.complete(messages, schema, Sampling())
     with pytest.raises(JudgeInvalidOutput):
         parse_verdict(reply.text, prototype)
@@ -155,17 +157,32 @@ async def test_the_schema_is_enforced_and_a_violation_is_caught(
 
 
 def test_guided_json_is_ignored_by_vllm(vllm_url: str) -> None:
-    """Why the judge never sends `guided_json`: vLLM >= 0.12 drops it and answers 200."""
+    """Why the judge never sends `guided_json`: vLLM >= 0.12 drops it and answers 200.
+
+    The same request under `response_format` is the control: it comes back as the schema's
+    JSON, so a reply that is not JSON under `guided_json` shows the constraint was dropped,
+    not that a constrained reply was cut short (both must finish on their own, never at
+    max_tokens)."""
     schema = {"type": "object", "properties": {"score": {"type": "integer"}}, "required": ["score"]}
     body = {
         "model": "smollm2-vllm",
         "messages": [{"role": "user", "content": "Say hello in five words."}],
-        "max_tokens": 16,
+        "max_tokens": 64,
         "temperature": 0,
-        "guided_json": schema,
     }
-    response = httpx.post(f"{vllm_url}/chat/completions", json=body, timeout=60)
-    assert response.status_code == 200
-    content = response.json()["choices"][0]["message"]["content"]
+
+    def choice(extra: dict[str, Any]) -> dict[str, Any]:
+        response = httpx.post(f"{vllm_url}/chat/completions", json=body | extra, timeout=60)
+        assert response.status_code == 200, response.text
+        first: dict[str, Any] = response.json()["choices"][0]
+        assert first["finish_reason"] == "stop", f"cut off at max_tokens: {first}"
+        return first
+
+    constrained = choice(
+        {"response_format": {"type": "json_schema", "json_schema": {"name": "v", "schema": schema}}}
+    )
+    assert isinstance(json.loads(constrained["message"]["content"])["score"], int)
+
+    ignored = choice({"guided_json": schema})
     with pytest.raises(ValueError):
-        json.loads(content)
+        json.loads(ignored["message"]["content"])
