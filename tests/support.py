@@ -28,7 +28,14 @@ from scribe_service.pipeline.judge import Completion, JudgeError, Messages, Samp
 
 ROOT = Path(__file__).resolve().parents[1]
 PROTOTYPES = ROOT / "prototypes"
-DATA = ROOT.parent / "shared" / "data" / "dev"
+FIXTURES = ROOT / "tests" / "fixtures"
+# Each corpus by name: its file in the dev corpus (--data-dir) and the hand-written stand-in
+# of the same format in tests/fixtures.
+CORPORA = {
+    "hotpot": "agentprocessbench_hotpotqa_dev.jsonl",
+    "processbench": "processbench_dev.jsonl",
+}
+FIXTURE_FILES = {"hotpot": "hotpotqa_agent.jsonl", "processbench": "processbench_math.jsonl"}
 
 _WORD = re.compile(r"[a-z]+")
 
@@ -113,6 +120,17 @@ class FakeJudge:
         return None
 
 
+def read_records(path: Path) -> list[dict[str, Any]]:
+    """The records of a JSON Lines trajectory file (tests/fixtures/README.md)."""
+    with path.open(encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def fixture_records(corpus: str) -> list[dict[str, Any]]:
+    """The hand-written records of `corpus` ("hotpot" or "processbench") in tests/fixtures."""
+    return read_records(FIXTURES / FIXTURE_FILES[corpus])
+
+
 # --- subprocess servers ---------------------------------------------------------------------
 
 
@@ -160,8 +178,11 @@ def llama_cpp_server(
                 "--model", str(model), "--model_alias", alias,
                 "--host", "127.0.0.1", "--port", str(port),
                 "--n_ctx", str(n_ctx), "--n_threads", str(os.cpu_count() or 2),
-                # Reuse evaluated prompt prefixes (system prompt, rubric) across requests.
-                "--cache", "true", "--cache_type", "ram",
+                # Logprob mode needs it; it is one n_ctx x vocabulary buffer, fixed. No state
+                # cache (`--cache`): each entry would copy the evaluated rows of that buffer
+                # (tens to hundreds of MB) uncounted, and the server grew until it was killed.
+                # The model still reuses the previous prompt's prefix from its own context.
+                "--logits_all", "true",
                 *extra,
             ],
             stdout=sink,
@@ -263,19 +284,29 @@ class ScriptedJudgeHandler(BaseHTTPRequestHandler):
 
 @dataclass
 class LoadReport:
-    """What happened to every request a load run sent. `lost` must be empty: a request is
-    lost when it got no answer, an unexpected status, or a body that is not the wire model."""
+    """What happened to every request a load run sent.
+
+    A client honours 429/503 + Retry-After and tries again until the request's deadline, as a
+    trainer's client does; a request is `lost` when it got no 200 with a valid body by then
+    (or an answer no client can act on: another status, a dropped connection)."""
 
     sent: int = 0
+    """Requests started (each counted once, however many tries it took)."""
     completed: int = 0
+    """Requests answered 200 with a valid body, within their deadline."""
     rejected: int = 0
-    """429 with Retry-After: refused by admission control, the client may come back."""
+    """429 answers (admission control), over all tries."""
     unavailable: int = 0
+    """503 answers (no judge reachable), over all tries."""
+    retried: int = 0
+    """Requests that needed more than one try."""
     lost: list[str] = field(default_factory=list)
     latencies: list[float] = field(default_factory=list)
-    """Seconds per completed request."""
+    """Seconds per completed request, from its first try to its 200 (waits included)."""
     statuses: dict[str, int] = field(default_factory=dict)
     """Completed requests by `status` (ok / partial / failed)."""
+    failed_steps: int = 0
+    """Steps of completed requests that the judge did not score."""
 
     def percentile(self, q: float) -> float:
         ordered = sorted(self.latencies)
@@ -296,56 +327,68 @@ def load_trajectory(number: int) -> dict[str, Any]:
 
 
 async def run_load(
-    url: str,
-    *,
-    clients: int,
-    requests: int,
-    max_seconds: float,
-    request_timeout: float = 600.0,
-    honour_retry_after: float = 1.0,
+    url: str, *, clients: int, requests: int, max_seconds: float, deadline: float = 600.0
 ) -> LoadReport:
     """`clients` concurrent clients each sending `requests` scoring requests, one at a time.
 
-    After a 429 a client waits the server's Retry-After (capped at `honour_retry_after`) and
-    goes on with its next request; no client starts a request after `max_seconds`.
+    A request answered 429 or 503 with Retry-After is sent again after the wait the server
+    asked for, until `deadline` seconds after its first try; a wait that would end past the
+    deadline makes it lost. No client starts a new request after `max_seconds`.
     """
     from scribe_client.protocol import ScoreResponse
 
     report = LoadReport()
     stop_at = time.monotonic() + max_seconds
 
-    async def client(number: int, http: httpx.AsyncClient) -> None:
-        for i in range(requests):
-            if time.monotonic() > stop_at:
-                return
-            request_number = number * requests + i
-            report.sent += 1
-            started = time.monotonic()
+    async def one(request_number: int, http: httpx.AsyncClient) -> None:
+        report.sent += 1
+        started = time.monotonic()
+        give_up = started + deadline
+        tries = 0
+        while True:
+            tries += 1
             try:
                 response = await http.post(
-                    "/v1/score", json=load_trajectory(request_number), timeout=request_timeout
+                    "/v1/score",
+                    json=load_trajectory(request_number),
+                    timeout=max(1.0, give_up - time.monotonic()),
                 )
             except httpx.HTTPError as exc:
                 report.lost.append(f"#{request_number}: {type(exc).__name__}: {exc}")
-                continue
+                return
             if response.status_code == 200:
                 try:
                     result = ScoreResponse.model_validate_json(response.content)
                 except ValueError as exc:
                     report.lost.append(f"#{request_number}: malformed body: {exc}")
-                    continue
+                    return
                 report.completed += 1
+                report.retried += tries > 1
                 report.latencies.append(time.monotonic() - started)
                 report.statuses[result.status] = report.statuses.get(result.status, 0) + 1
-            elif response.status_code in (429, 503) and "retry-after" in response.headers:
-                if response.status_code == 429:
-                    report.rejected += 1
-                else:
-                    report.unavailable += 1
-                wait = float(response.headers["retry-after"])
-                await asyncio.sleep(min(wait, honour_retry_after))
-            else:
+                report.failed_steps += sum(step.status != "ok" for step in result.steps)
+                return
+            if response.status_code not in (429, 503) or "retry-after" not in response.headers:
                 report.lost.append(f"#{request_number}: HTTP {response.status_code}")
+                return
+            if response.status_code == 429:
+                report.rejected += 1
+            else:
+                report.unavailable += 1
+            wait = float(response.headers["retry-after"])
+            if time.monotonic() + wait > give_up:
+                report.lost.append(
+                    f"#{request_number}: no 200 within {deadline:g}s ({tries} tries, "
+                    f"last HTTP {response.status_code})"
+                )
+                return
+            await asyncio.sleep(wait)
+
+    async def client(number: int, http: httpx.AsyncClient) -> None:
+        for i in range(requests):
+            if time.monotonic() > stop_at:
+                return
+            await one(number * requests + i, http)
 
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     async with httpx.AsyncClient(base_url=url, limits=limits) as http:

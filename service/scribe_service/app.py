@@ -58,6 +58,7 @@ def make_judge_backend(settings: Settings) -> JudgeBackend:
         model=settings.judge_model or EMBEDDED_JUDGE_MODEL,
         n_ctx=settings.embedded_n_ctx,
         n_threads=settings.embedded_threads,
+        cache_bytes=settings.embedded_cache_mb * 2**20,
     )
 
 

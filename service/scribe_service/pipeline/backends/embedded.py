@@ -58,9 +58,10 @@ class EmbeddedJudge:
         )
         # Not llama-cpp-python's LlamaRAMCache: it counts a fraction of what its entries hold
         # (state_cache.py). This model has no logits_all, so no entry needs its logits rows.
+        self.cache: StateCache | None = None
         if cache_bytes:
-            cache = StateCache(cache_bytes, keep_logits=False)
-            self._llama.set_cache(cast(BaseLlamaCache, cache))  # its interface, duck-typed
+            self.cache = StateCache(cache_bytes, keep_logits=False)
+            self._llama.set_cache(cast(BaseLlamaCache, self.cache))  # its interface, duck-typed
         self._lock = asyncio.Lock()
 
     async def check(self) -> None:
