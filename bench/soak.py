@@ -20,6 +20,7 @@ from support import smollm2_gguf; print(smollm2_gguf())')"` makes it a quick Smo
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import hashlib
 import itertools
@@ -145,7 +146,7 @@ def main() -> None:
     log = Path(tempfile.mkdtemp(prefix="scribe-soak-")) / "scribe.log"
     samples: list[Sample] = []
     steps_done = 0
-    failed_steps = 0
+    failures: collections.Counter[str] = collections.Counter()
     interrupted = False
     seen: set[str] = set()
     started = time.monotonic()
@@ -192,7 +193,7 @@ def main() -> None:
                     response = http.post("/v1/score", json=payload)
                     response.raise_for_status()
                     steps = response.json()["steps"]
-                    failed_steps += sum(step["status"] != "ok" for step in steps)
+                    failures.update(s["error"]["type"] for s in steps if s["status"] != "ok")
                     steps_done += len(steps)
                     print(f"\r{steps_done} steps, {time.monotonic() - started:.0f} s", end="")
                 interrupted = False
@@ -205,7 +206,8 @@ def main() -> None:
     summary = summarise(samples, args.tolerance_mb)
     summary |= {
         "target_steps": args.steps,
-        "failed_steps": failed_steps,
+        "failed_steps": sum(failures.values()),
+        "failures_by_type": dict(failures),
         "interrupted": interrupted,
         "trajectories": len(seen),
         "seconds": round(time.monotonic() - started, 1),
