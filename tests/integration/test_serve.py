@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -129,10 +130,17 @@ def test_logs_are_json_lines_carrying_the_request_id(served: str, serve_log: Pat
         headers={"X-Request-ID": "trace-me-42"},
     )
     assert response.status_code == 200 and response.headers["X-Request-ID"] == "trace-me-42"
-    # Native libraries may print their own lines; ours are the JSON objects.
-    lines = serve_log.read_text().splitlines()
-    records = [json.loads(line) for line in lines if line.startswith("{")]
-    access = [r for r in records if r["request_id"] == "trace-me-42"]
+    # The access line is written once the response has been sent, so it may land a moment
+    # after the client has the response: wait for it.
+    deadline = time.monotonic() + 10
+    while True:
+        # Native libraries may print their own lines; ours are the JSON objects.
+        lines = serve_log.read_text().splitlines()
+        records = [json.loads(line) for line in lines if line.startswith("{")]
+        access = [r for r in records if r["request_id"] == "trace-me-42"]
+        if access or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     assert access and access[-1]["path"] == "/v1/route" and access[-1]["status"] == 200
     assert {"ts", "level", "logger", "message", "duration_ms"} <= access[-1].keys()
     assert any(r["logger"] == "uvicorn.error" for r in records)  # uvicorn's own lines too
