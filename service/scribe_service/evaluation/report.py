@@ -8,6 +8,7 @@ so the rest of the service never needs it.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -256,7 +257,9 @@ def _per_prototype(plt: Any, path: Path, summary: Mapping[str, Any]) -> None:
         values = []
         for prototype in prototypes:
             entry = summary["arms"][arm]["per_prototype"].get(prototype) or {}
-            values.append(entry.get("agreement") or 0)
+            # No agreement (too few steps, one class) is no bar, never a bar at 0.
+            agreement = entry.get("agreement")
+            values.append(math.nan if agreement is None else agreement)
         ax.bar([x + i * width for x in range(len(prototypes))], values, width, label=arm)
     ax.set_xticks([x + 0.4 - width / 2 for x in range(len(prototypes))])
     ax.set_xticklabels(prototypes, rotation=45, ha="right", fontsize=7)
