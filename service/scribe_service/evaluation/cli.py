@@ -29,6 +29,8 @@ def _run(args: argparse.Namespace) -> int:
         out=args.out,
         arms=parse_arms(args.arms),
         limit=args.limit,
+        sample=args.sample,
+        sample_seed=args.sample_seed,
         fit_split=args.fit_split,
         n_resamples=args.bootstrap,
         seed=args.seed,
@@ -50,6 +52,13 @@ def _common(parser: argparse.ArgumentParser) -> None:
         "--arms", default=",".join(ARM_NAMES), help=f"comma-separated, of {', '.join(ARM_NAMES)}"
     )
     parser.add_argument("--limit", type=int, help="only the first N records")
+    parser.add_argument(
+        "--sample",
+        type=int,
+        help="a seeded random N of the records, in file order (sorted files: use this, "
+        "not --limit)",
+    )
+    parser.add_argument("--sample-seed", type=int, default=0, help="seed of --sample")
     parser.add_argument("--judge-url", help="OpenAI-compatible judge (default SCRIBE_JUDGE_URL)")
     parser.add_argument(
         "--fit-split",

@@ -47,6 +47,9 @@ class Options:
     out: Path
     arms: list[ArmName]
     limit: int | None = None
+    sample: int | None = None
+    """A seeded random subset of this many records (seed: `sample_seed`)."""
+    sample_seed: int = 0
     fit_split: str = "a"
     n_resamples: int = 1000
     seed: int = 0
@@ -78,7 +81,9 @@ async def evaluate(
     from scribe_service.app import build_pipeline
 
     out_console = out_console or console
-    records = read_records(options.data, options.limit)
+    records = read_records(
+        options.data, options.limit, sample=options.sample, seed=options.sample_seed
+    )
     if not records:
         raise EvalError(f"{options.data}: no records")
     options.out.mkdir(parents=True, exist_ok=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -150,9 +151,18 @@ def iter_records(path: Path, limit: int | None = None) -> Iterator[Record]:
             count += 1
 
 
-def read_records(path: Path, limit: int | None = None) -> list[Record]:
-    """Every record of a JSONL file (the first `limit`), validated; ids must be unique."""
+def read_records(
+    path: Path, limit: int | None = None, *, sample: int | None = None, seed: int = 0
+) -> list[Record]:
+    """Every record of a JSONL file (the first `limit`), validated; ids must be unique.
+
+    `sample` keeps a seeded random `sample` of them, in file order: files are often sorted
+    (ProcessBench lists its wrong solutions first), so the first N can be all of one kind.
+    """
     records = list(iter_records(path, limit))
+    if sample is not None and sample < len(records):
+        keep = set(random.Random(seed).sample(range(len(records)), sample))
+        records = [r for i, r in enumerate(records) if i in keep]
     seen: set[str] = set()
     for record in records:
         if record.id in seen:

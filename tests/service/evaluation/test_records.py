@@ -40,6 +40,25 @@ def test_limit_reads_the_first_records() -> None:
     ]
 
 
+def test_sample_is_seeded_and_keeps_file_order(tmp_path: Path) -> None:
+    path = tmp_path / "many.jsonl"
+    lines = [
+        {
+            "id": f"r{i}",
+            "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}],
+            "step_labels": {"1": 1},
+        }
+        for i in range(20)
+    ]
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    first = [r.id for r in read_records(path, sample=5, seed=3)]
+    assert first == [r.id for r in read_records(path, sample=5, seed=3)]
+    assert len(first) == 5 and first == sorted(first, key=lambda rid: int(rid[1:]))
+    assert first != [f"r{i}" for i in range(5)]
+    assert first != [r.id for r in read_records(path, sample=5, seed=4)]
+    assert len(read_records(path, sample=50)) == 20
+
+
 def test_split_is_by_task_and_fixed() -> None:
     records = read_records(FIXTURES / "agent.jsonl")
     assert {r.split for r in records} == {"a", "b"}  # the fixtures cover both halves
