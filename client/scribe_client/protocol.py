@@ -57,6 +57,8 @@ __all__ = [
 ]
 
 API_VERSION = 1
+MAX_METADATA_BYTES = 4096
+MAX_REFERENCE_CHARS = 32_000
 
 Aggregation = Literal["mean", "min", "last", "sum"]
 JudgeMode = Literal["verdict", "logprob"]
@@ -281,7 +283,28 @@ class ScoreRequest(_Trajectory):
         description="The outcome reward (e.g. final-answer correctness) in [0, 1]. When given, "
         "`reward` mixes it with the process reward.",
     )
+    reference: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_REFERENCE_CHARS,
+        description="The known correct answer or a reference solution (a trainer's ground "
+        "truth). The judge checks each step against it instead of solving the task itself.",
+    )
+    metadata: dict[str, Any] | None = Field(
+        default=None,
+        description='Free-form JSON (e.g. `{"global_step": 120, "run": "grpo-7"}`), echoed '
+        f"in the response and in the score log; at most {MAX_METADATA_BYTES} bytes as JSON.",
+    )
     options: ScoreOptions = Field(default_factory=ScoreOptions)
+
+    @field_validator("metadata")
+    @classmethod
+    def _small_metadata(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None:
+            size = len(json.dumps(value, ensure_ascii=False, default=str).encode())
+            if size > MAX_METADATA_BYTES:
+                raise ValueError(f"is {size} bytes as JSON; the limit is {MAX_METADATA_BYTES}")
+        return value
 
 
 class RouteRequest(_Trajectory):
@@ -419,6 +442,9 @@ class ScoreResponse(_Response):
     judge_model: str
     judge: JudgeInfo | None = Field(
         default=None, description="The judge's mode and sampling; null without a judge."
+    )
+    metadata: dict[str, Any] | None = Field(
+        default=None, description="The request's `metadata`, unchanged."
     )
 
 

@@ -54,6 +54,13 @@ def test_score_messages(client: TestClient, fake_judge: FakeJudge) -> None:
     assert len(fake_judge.prompts) == 2
 
 
+def test_metadata_is_echoed_unchanged(client: TestClient) -> None:
+    metadata = {"global_step": 120, "run": "grpo-7", "tags": ["a", {"b": None}]}
+    result = _score(client, {"completion": "Step 1: 3*4 = 12.", "metadata": metadata})
+    assert result.metadata == metadata
+    assert _score(client, {"completion": "Step 1: 3*4 = 12."}).metadata is None
+
+
 def test_outcome_mix_and_options(client: TestClient) -> None:
     result = _score(
         client,
@@ -158,6 +165,16 @@ def test_partial_when_some_steps_fail(settings: Settings) -> None:
         ),
         pytest.param({"completion": "a", "outcom": 1}, "outcom", "Extra", id="unknown-field"),
         pytest.param({"steps": [{"content": ""}]}, "steps[0].content", "", id="empty-step"),
+        pytest.param(
+            {"completion": "a", "metadata": {"blob": "x" * 5000}},
+            "metadata",
+            "limit is 4096",
+            id="metadata-too-big",
+        ),
+        pytest.param(
+            {"completion": "a", "metadata": [1]}, "metadata", "dictionary", id="metadata-not-object"
+        ),
+        pytest.param({"completion": "a", "reference": ""}, "reference", "", id="empty-reference"),
     ],
 )
 def test_bad_input_is_a_422_naming_the_field(

@@ -384,6 +384,7 @@ class Pipeline:
             library_version=self.library.version,
             judge_model=self.judge_model,
             judge=self.judge_info(options.judge_mode),
+            metadata=request.metadata,
         )
 
 

@@ -73,6 +73,14 @@ class Step:
     observation: str = ""
     history_end: int = 0
     """How many `Segmented.history` turns precede this step."""
+    text: str | None = None
+    """The step's own prose without its rendered tool calls; None: the whole `content`."""
+    tool_calls: tuple[ToolCall, ...] = ()
+    """The assistant message's tool calls as sent, for checks that parse their arguments."""
+
+    @property
+    def prose(self) -> str:
+        return self.content if self.text is None else self.text
 
 
 @dataclass(frozen=True)
@@ -204,6 +212,8 @@ def segment_messages(messages: list[ChatMessage]) -> Segmented:
                 message_index=i,
                 observation="\n".join(answers),
                 history_end=len(history),
+                text=text,
+                tool_calls=tuple(calls),
             )
         )
         history.append(Turn("assistant", body))
