@@ -30,6 +30,7 @@ __all__ = [
     "ErrorDetail",
     "ErrorResponse",
     "FailureModeInfo",
+    "Finding",
     "FunctionCall",
     "HealthResponse",
     "JudgeInfo",
@@ -356,6 +357,22 @@ class StepError(_Response):
     message: str
 
 
+class Finding(_Response):
+    """A failure mode found in a step, by the judge or by a deterministic check; it caps the
+    step's score at `max_score`."""
+
+    failure_mode: str = Field(description="The failure mode's id.")
+    source: Literal["judge", "check"] = Field(
+        description="judge: reported by the judge from the prototype's list; check: found by "
+        "a deterministic check the prototype declares (arithmetic, tool arguments, …)."
+    )
+    check: str | None = Field(default=None, description="The check that found it (checks only).")
+    description: str = Field(
+        description="judge: the prototype's description of the mode; check: what was found."
+    )
+    max_score: int = Field(ge=0, le=3, description="The highest score a step with it can get.")
+
+
 class StepResult(StepRoute):
     """A routed step with the judge's verdict, or the error that prevented one."""
 
@@ -385,7 +402,14 @@ class StepResult(StepRoute):
         "before renormalising; null in verdict mode.",
     )
     failure_modes: list[str] = Field(
-        default_factory=list, description="Ids of the prototype's failure modes the judge found."
+        default_factory=list,
+        description="Ids of the failure modes found, by the judge and by the checks (the ids "
+        "of `findings`).",
+    )
+    findings: list[Finding] = Field(
+        default_factory=list,
+        description="The failure modes found, with their source and cap. A check's findings "
+        "are reported even when the judge failed on the step.",
     )
     rationale: str | None = None
     judge_replica: str | None = Field(
@@ -476,6 +500,9 @@ class PrototypeDetail(PrototypeSummary):
     levels: dict[str, str] = Field(description="Descriptor for each score level '0'..'3'.")
     failure_modes: list[FailureModeInfo]
     exemplars: list[str]
+    checks: list[str] = Field(
+        default_factory=list, description="Deterministic checks run on steps routed here."
+    )
 
 
 class PrototypeList(_Response):

@@ -18,7 +18,12 @@ response decoded together *with* special tokens, so the chat template's markup i
   tokens (``<|…|>``, ``<s>``, ``</s>``, ``<eos>``, ``<pad>``, ``<end_of_turn>``). A multi-turn
   response (agent mode, tool output inline) is scored as one completion.
 * A label that is a number in [0, 1] (or its string) is the outcome, mixed in as
-  0.7 · outcome + 0.3 · process reward; any other label (a reference answer) is ignored.
+  0.7 · outcome + 0.3 · process reward. Any other label is the reference answer (OpenRLHF's
+  ``--label_key`` is usually the dataset's answer): it goes with the request as its
+  ``reference``, and the judge checks each step against it (docs/reference.md). A list
+  label is a JSON array of acceptable answers. With labels not taken as outcomes
+  (``SCRIBE_REMOTE_RM_LABELS_ARE_OUTCOMES=false``) every label is a reference, numbers
+  included: the way for math answers such as ``1``.
 
 OpenRLHF cannot take a missing reward (it retries an error response five times, a second
 apart, then fails the run), so every sample gets a number: its ``training_reward`` when it
@@ -48,6 +53,7 @@ from .protocol import (
     ScoreRequest,
     ScoreResponse,
 )
+from .reference import reference_text
 from .rewards import trainer_reward
 
 __all__ = [
@@ -135,20 +141,24 @@ def samples(
     body: RemoteRMRequest,
     *,
     labels_are_outcomes: bool = True,
+    labels_are_references: bool = True,
     options: ScoreOptions | None = None,
 ) -> list[Sample]:
-    """One `Sample` per query, in order; `options` go with every request."""
+    """One `Sample` per query, in order; `options` go with every request. A label that is
+    not the outcome is the request's reference, unless `labels_are_references` is False."""
     prompts = body.prompts or [""] * len(body.query)
     labels = body.labels or [None] * len(body.query)
     out = []
     for query, prompt, label in zip(body.query, prompts, labels, strict=True):
         response, found = split_response(query, prompt)
         outcome = label_outcome(label) if labels_are_outcomes else None
+        use_label = labels_are_references and outcome is None
         try:
             request: ScoreRequest | None = ScoreRequest(
                 prompt=strip_markup(prompt) or None,
                 completion=strip_markup(response),
                 outcome=outcome,
+                reference=reference_text(label) if use_label else None,
                 options=options or ScoreOptions(),
             )
         except ValidationError:

@@ -30,6 +30,7 @@ from scribe_service.pipeline.run import Pipeline
 from scribe_service.request_ids import HEADER, AccessLogMiddleware, acceptable_request_id
 from scribe_service.resilience import JudgeHealth, RetryBudget
 from scribe_service.routes import READY_CHECK_TIMEOUT, router
+from scribe_service.score_log import ScoreLog
 from scribe_service.settings import EMBEDDED_JUDGE_MODEL, Settings, retired_variables
 
 log = logging.getLogger(__name__)
@@ -156,6 +157,14 @@ def create_app(
             settings, embedder=embedder, judge_backend=judge_backend, metrics=metrics
         )
         app.state.pipeline = pipeline
+        score_log = ScoreLog(
+            settings.score_log,
+            library=pipeline.library,
+            max_bytes=max(1, round(settings.score_log_max_mb * 2**20)),
+            backups=settings.score_log_backups,
+            registry=metrics.registry,
+        )
+        app.state.score_log = score_log
         probing = None
         if pipeline.judge is not None:
             # Notices a judge going away between requests, and lets it back in once it returns.
@@ -177,6 +186,8 @@ def create_app(
                     await probing
             if pipeline.judge is not None:
                 await pipeline.judge.backend.aclose()
+            # Drains the writer's queue: every answered request's lines reach the file.
+            await asyncio.to_thread(score_log.close)
 
     app = FastAPI(
         title="scribe-reward",

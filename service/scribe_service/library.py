@@ -20,6 +20,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from scribe_service.pipeline.checks import CHECKS
+
 LEVELS = ("0", "1", "2", "3")
 TEMPLATE_NAMES = (
     "judge_system.txt",
@@ -59,6 +61,18 @@ class Prototype(BaseModel):
     levels: dict[str, str]
     failure_modes: tuple[FailureMode, ...] = Field(min_length=1)
     exemplars: tuple[str, ...] = ()
+    checks: tuple[str, ...] = ()
+    """Deterministic checks run on every step routed here (`pipeline/checks.py`)."""
+
+    @field_validator("checks")
+    @classmethod
+    def _known_checks(cls, checks: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = [name for name in checks if name not in CHECKS]
+        if unknown:
+            raise ValueError(f"unknown check {unknown[0]!r}; known: {', '.join(sorted(CHECKS))}")
+        if len(checks) != len(set(checks)):
+            raise ValueError(f"checks repeat: {list(checks)}")
+        return checks
 
     @field_validator("levels")
     @classmethod

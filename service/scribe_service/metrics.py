@@ -32,7 +32,7 @@ class Metrics:
         self.stage_seconds = Histogram(
             "scribe_stage_seconds",
             "Latency of a pipeline stage (segment, embed, route, aggregate: one request; "
-            "render, judge: one step, the judge's retries included)",
+            "render, checks, judge: one step, the judge's retries included)",
             ["stage"],
             buckets=_BUCKETS,
             registry=r,

@@ -19,6 +19,7 @@ from scribe_client.protocol import RemoteRMRequest, RemoteRMResponse, ScoreReque
 from scribe_client.remote_rm import Unscored, response, samples
 from scribe_service.errors import InputLimitError, UnavailableError
 from scribe_service.pipeline.run import Pipeline
+from scribe_service.score_log import ScoreLog
 
 log = logging.getLogger(__name__)
 
@@ -26,14 +27,20 @@ Result = ScoreResponse | Unscored
 
 
 async def get_reward(
-    body: RemoteRMRequest, pipeline: Pipeline, *, labels_are_outcomes: bool
+    body: RemoteRMRequest,
+    pipeline: Pipeline,
+    *,
+    labels_are_outcomes: bool,
+    score_log: ScoreLog | None = None,
 ) -> RemoteRMResponse:
-    """A reward for every query of `body`, in order."""
+    """A reward for every query of `body`, in order; the scored ones go to `score_log`."""
     scored = samples(body, labels_are_outcomes=labels_are_outcomes)
     results: list[Result] = [Unscored("empty")] * len(scored)
     todo = {i: sample.request for i, sample in enumerate(scored) if sample.request is not None}
     for position, result in (await _score(pipeline, todo)).items():
         results[position] = result
+    if score_log is not None:
+        score_log.record(r for r in results if isinstance(r, ScoreResponse))
     rule = pipeline.failure_rule
     return response(scored, results, policy=rule.policy, failure_reward=rule.reward)
 

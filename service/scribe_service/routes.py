@@ -30,6 +30,7 @@ from scribe_service.deps import PipelineDep, SettingsDep
 from scribe_service.errors import InputLimitError, ServiceError
 from scribe_service.library import Prototype
 from scribe_service.resilience import probe
+from scribe_service.score_log import ScoreLogDep
 
 READY_CHECK_TIMEOUT = 5.0
 
@@ -53,9 +54,13 @@ SCORING_RESPONSES: dict[int | str, dict[str, Any]] = {
 @router.post(
     "/v1/score", response_model=ScoreResponse, responses=SCORING_RESPONSES, tags=["scoring"]
 )
-async def score(request: ScoreRequest, pipeline: PipelineDep) -> ScoreResponse:
+async def score(
+    request: ScoreRequest, pipeline: PipelineDep, score_log: ScoreLogDep
+) -> ScoreResponse:
     """Score one trajectory: a reward per step against its skill prototype, and the scalars."""
-    return await pipeline.score(request)
+    result = await pipeline.score(request)
+    score_log.record([result])
+    return result
 
 
 def _check_batch(count: int, param: str, limit: int) -> None:
@@ -72,21 +77,26 @@ def _check_batch(count: int, param: str, limit: int) -> None:
     tags=["scoring"],
 )
 async def score_batch(
-    request: BatchScoreRequest, pipeline: PipelineDep, settings: SettingsDep
+    request: BatchScoreRequest, pipeline: PipelineDep, settings: SettingsDep, score_log: ScoreLogDep
 ) -> BatchScoreResponse:
     """Score several trajectories (e.g. one GRPO group); results keep the request order."""
     _check_batch(len(request.requests), "requests", settings.max_batch)
-    return BatchScoreResponse(results=await pipeline.score_batch(request.requests))
+    results = await pipeline.score_batch(request.requests)
+    score_log.record(results)
+    return BatchScoreResponse(results=results)
 
 
 @router.post("/get_reward", response_model=RemoteRMResponse, tags=["trainers"])
 async def get_reward(
-    request: RemoteRMRequest, pipeline: PipelineDep, settings: SettingsDep
+    request: RemoteRMRequest, pipeline: PipelineDep, settings: SettingsDep, score_log: ScoreLogDep
 ) -> RemoteRMResponse:
     """OpenRLHF's remote reward model (`--remote_rm_url http://…/get_reward`)."""
     _check_batch(len(request.query), "query", settings.max_batch)
     return await remote_rm.get_reward(
-        request, pipeline, labels_are_outcomes=settings.remote_rm_labels_are_outcomes
+        request,
+        pipeline,
+        labels_are_outcomes=settings.remote_rm_labels_are_outcomes,
+        score_log=score_log,
     )
 
 
@@ -132,6 +142,7 @@ async def prototype(prototype_id: str, pipeline: PipelineDep) -> PrototypeDetail
         levels=found.levels,
         failure_modes=[FailureModeInfo(**mode.model_dump()) for mode in found.failure_modes],
         exemplars=list(found.exemplars),
+        checks=list(found.checks),
     )
 
 

@@ -200,6 +200,24 @@ class Settings(BaseSettings):
         "most 0, the worst judged step reward. A request's options.failure_reward overrides it.",
     )
 
+    # --- the score log (score_log.py, docs/score-log.md) ---
+    score_log: Path | None = Field(
+        default=None,
+        description="Append one JSON line per scored step (metadata, prototype, score, "
+        "status) to this file, for `scribe eval curves`. Unset: no log.",
+    )
+    score_log_max_mb: float = Field(
+        default=100.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="The score log rotates (to LOG.1, LOG.2, …) once it reaches this size, MiB.",
+    )
+    score_log_backups: int = Field(
+        default=5,
+        ge=1,
+        description="Rotated score logs kept; the oldest beyond this is deleted.",
+    )
+
     # --- OpenRLHF's remote reward model (POST /get_reward) ---
     remote_rm_labels_are_outcomes: bool = Field(
         default=True,
@@ -213,6 +231,12 @@ class Settings(BaseSettings):
             if not all(urls):
                 raise ValueError(f"judge_url has an empty entry: {self.judge_url!r}")
             self.judge_url = ",".join(urls)
+        return self
+
+    @model_validator(mode="after")
+    def _score_log_is_a_file(self) -> Settings:
+        if self.score_log is not None and self.score_log.is_dir():
+            raise ValueError(f"score_log is a directory, not a file: {self.score_log}")
         return self
 
     @property

@@ -204,6 +204,8 @@ def test_prototypes(client: TestClient) -> None:
     assert "generic_step" in ids and len(ids) >= 25
     detail = client.get(f"/v1/prototypes/{ids[0]}").json()
     assert set(detail["levels"]) == {"0", "1", "2", "3"}
+    computing = client.get("/v1/prototypes/arithmetic_computation").json()
+    assert computing["checks"] == ["arithmetic"]
     missing = client.get("/v1/prototypes/nope")
     assert missing.status_code == 404
     assert missing.json()["error"]["type"] == "not_found"

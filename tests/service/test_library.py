@@ -81,3 +81,35 @@ def test_missing_template(copy: Path) -> None:
     (copy / "templates" / "judge_system.txt").unlink()
     with pytest.raises(LibraryError, match="judge_system.txt"):
         load_library(copy)
+
+
+@pytest.mark.parametrize(
+    ("checks", "message"),
+    [
+        pytest.param('["arithmetic", "speling"]', "unknown check 'speling'", id="unknown"),
+        pytest.param('["arithmetic", "arithmetic"]', "checks repeat", id="repeated"),
+    ],
+)
+def test_a_bad_check_name_is_refused_naming_file_and_check(
+    copy: Path, checks: str, message: str
+) -> None:
+    target = copy / "arithmetic_computation.toml"
+    _edit(target, 'checks = ["arithmetic"]', f"checks = {checks}")
+    with pytest.raises(LibraryError) as error:
+        load_library(copy)
+    assert target.name in str(error.value) and "checks" in str(error.value)
+    assert message in str(error.value)
+
+
+def test_checks_are_declared_where_steps_compute_call_tools_or_answer() -> None:
+    library = load_library(PROTOTYPES)
+    by_id = library.prototypes
+    for prototype in by_id.values():
+        if prototype.domain in ("math", "general"):
+            assert "arithmetic" in prototype.checks, prototype.id
+        if prototype.domain in ("tool_use", "search_qa", "general"):
+            assert "tool_arguments" in prototype.checks, prototype.id
+    for final in ("final_answer_statement", "answer_synthesis", "final_response_from_tools"):
+        assert "reference_answer" in by_id[final].checks
+    assert "answer_grounded" in by_id["answer_synthesis"].checks
+    assert "reference_answer" in library.fallback.checks

@@ -4,6 +4,7 @@ against the service's /get_reward over HTTP (fake embedder and judge)."""
 from __future__ import annotations
 
 import importlib.util
+import re
 from pathlib import Path
 from types import ModuleType
 
@@ -11,6 +12,7 @@ import pytest
 import torch
 
 import scribe_adapters.openrlhf
+from support import FakeJudge
 
 PROMPT = "<|im_start|>user\nWhat is 2 + 2?<|im_end|>\n<|im_start|>assistant\n"
 QUERY = PROMPT + "2 + 2 = 4.<|im_end|>"
@@ -80,3 +82,20 @@ def test_a_failed_judge_through_the_service(
     answer = load_like_openrlhf().reward_func([QUERY, QUERY], [PROMPT, PROMPT], ["1", "red"])
     assert torch.allclose(answer["rewards"], torch.tensor([0.7, 0.0]))
     assert answer["extra_logs"]["scribe_failed"].tolist() == [1.0, 1.0]
+
+
+SHOWN = re.compile(r"## Reference answer \(known to be correct\)\n(`{3,})text\n(.*?)\n\1\n", re.S)
+
+
+def test_a_label_that_is_not_an_outcome_is_the_reference(
+    monkeypatch: pytest.MonkeyPatch, service_url: str, judge: FakeJudge
+) -> None:
+    monkeypatch.setenv("SCRIBE_URL", service_url)
+    before = len(judge.prompts)
+    labels = ["0", "4", ["4", "four"]]  # an outcome; an answer; several acceptable answers
+    answer = load_like_openrlhf().reward_func([QUERY] * 3, [PROMPT] * 3, labels)
+
+    assert answer["extra_logs"]["scribe_outcome_given"].tolist() == [1.0, 0.0, 0.0]
+    matches = (SHOWN.search(m[1]["content"]) for m in judge.prompts[before:])
+    seen = [None if match is None else match.group(2) for match in matches]
+    assert sorted(seen, key=str) == ["4", None, '["4", "four"]']

@@ -79,3 +79,9 @@ def test_outcomes(value: object, expected: float | None) -> None:
 def test_bad_outcomes_raise(value: object) -> None:
     with pytest.raises((ValueError, TypeError)):
         check_outcome(value)
+
+
+def test_the_reference_goes_with_the_request() -> None:
+    request = trajectory_request("What is 2 + 2?", "4", reference="4")
+    assert request.reference == "4"
+    assert trajectory_request("What is 2 + 2?", "4").reference is None

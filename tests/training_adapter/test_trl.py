@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import re
 from typing import Any
 
 import pytest
@@ -184,3 +185,40 @@ def test_large_batches_are_split(make: Any, service_url: str) -> None:
 def test_an_outcome_out_of_range_is_a_bug_not_a_reward(make: Any, service_url: str) -> None:
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         call(make(service_url), PROMPTS, COMPLETIONS, outcome=[2.0, 1.0])
+
+
+SHOWN = re.compile(r"## Reference answer \(known to be correct\)\n(`{3,})text\n(.*?)\n\1\n", re.S)
+
+
+def shown(judge: FakeJudge, before: int) -> list[tuple[str, str | None]]:
+    """(task, reference shown) for each judge prompt since `before`."""
+    seen = []
+    for messages in judge.prompts[before:]:
+        user = messages[1]["content"]
+        match = SHOWN.search(user)
+        task = "2 + 2" if "What is 2 + 2?" in user else "3 * 5"
+        seen.append((task, None if match is None else match.group(2)))
+    return sorted(seen, key=str)
+
+
+def test_the_known_answer_column_is_the_reference(
+    make: Any, service_url: str, judge: FakeJudge
+) -> None:
+    before = len(judge.prompts)
+    # TRL's accuracy reward reads `solution`: a default column; a list is several answers.
+    call(make(service_url), PROMPTS, COMPLETIONS, solution=["4", ["15", "fifteen"]])
+    assert shown(judge, before) == [
+        ("2 + 2", "4"), ("2 + 2", "4"), ("3 * 5", '["15", "fifteen"]')
+    ]  # fmt: skip
+
+    before = len(judge.prompts)
+    reward = make(service_url, reference_column="gold")
+    call(reward, PROMPTS, COMPLETIONS, solution=["4", "15"], gold=["four", None])
+    assert shown(judge, before) == [("2 + 2", "four"), ("2 + 2", "four"), ("3 * 5", None)]
+
+
+def test_the_reference_can_be_switched_off(make: Any, service_url: str, judge: FakeJudge) -> None:
+    before = len(judge.prompts)
+    reward = make(service_url, reference_column=None)
+    call(reward, PROMPTS, COMPLETIONS, solution=["4", "15"], ground_truth=["4", "15"])
+    assert shown(judge, before) == [("2 + 2", None), ("2 + 2", None), ("3 * 5", None)]

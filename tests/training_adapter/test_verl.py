@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import re
 from typing import Any
 
+import numpy as np
 import pytest
 
 from scribe_adapters import verl
+from support import FakeJudge
 
 RESPONSE = "Step 1: Add 2 and 2.\nStep 2: The total is 4.\n#### 4"
 KEYS = {
@@ -121,3 +124,41 @@ def test_an_empty_response_is_invalid_not_judged(compute: Any, service_url: str)
 def test_verl_reward_router_keywords_are_accepted(compute: Any, service_url: str) -> None:
     extra = {"reward_router_address": "127.0.0.1:1", "reward_model_tokenizer": None}
     assert compute(**args(service_url, **extra))["scribe_status"] == "ok"
+
+
+SHOWN = re.compile(r"## Reference answer \(known to be correct\)\n(`{3,})text\n(.*?)\n\1\n", re.S)
+
+
+def shown(judge: FakeJudge, before: int) -> list[str | None]:
+    """The reference each judge prompt since `before` showed (None: none)."""
+    matches = (SHOWN.search(m[1]["content"]) for m in judge.prompts[before:])
+    return [None if match is None else match.group(2) for match in matches]
+
+
+@pytest.mark.parametrize(
+    ("ground_truth", "reference"),
+    [
+        pytest.param("4", "4", id="string"),
+        pytest.param(4, "4", id="number"),
+        # verl reads parquet into numpy: Search-R1's {"target": array([...])}.
+        pytest.param(
+            {"target": np.array(["4", "four"], dtype=object)}, '["4", "four"]', id="search-r1"
+        ),
+        pytest.param(np.array(["4"], dtype=object), "4", id="one-item-array"),
+    ],
+)
+def test_the_ground_truth_is_the_reference(
+    compute: Any, service_url: str, judge: FakeJudge, ground_truth: Any, reference: str
+) -> None:
+    before = len(judge.prompts)
+    result = compute(**args(service_url, ground_truth=ground_truth))
+    assert result["scribe_status"] == "ok"
+    assert shown(judge, before) == [reference, reference]  # both steps of the response
+
+
+def test_the_reference_can_be_switched_off(
+    compute: Any, service_url: str, judge: FakeJudge
+) -> None:
+    before = len(judge.prompts)
+    assert compute(**args(service_url, send_reference=False))["scribe_status"] == "ok"
+    assert shown(judge, before) == [None, None]

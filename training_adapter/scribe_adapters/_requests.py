@@ -89,13 +89,16 @@ def trajectory_request(
     *,
     outcome: float | None = None,
     options: ScoreOptions | None = None,
+    reference: str | None = None,
 ) -> ScoreRequest:
-    """One rollout as a request: text becomes `prompt` + `completion`, chat becomes `messages`.
+    """One rollout as a request: text becomes `prompt` + `completion`, chat becomes `messages`;
+    `reference` is the known answer (`scribe_client.reference.reference_text` of the ground
+    truth), which the judge checks each step against.
 
     Raises pydantic's ``ValidationError`` for a rollout the service would refuse (an empty
     completion, no assistant message), so the caller can fail that one sample alone.
     """
-    body: dict[str, Any] = {"outcome": outcome}
+    body: dict[str, Any] = {"outcome": outcome, "reference": reference}
     if options is not None:
         body["options"] = options
     if isinstance(completion, str) and (prompt is None or isinstance(prompt, str)):

@@ -16,7 +16,8 @@ key (``SCRIBE_API_KEY``; OpenRLHF's own HTTP client cannot) and retries like the
 ``SCRIBE_URL`` names the service.
 
 What the service does with the queries (prompt stripped, chat markup removed, numeric labels
-as outcomes, failed steps counted under the failure policy) is described in
+as outcomes, other labels as the reference answer the judge checks each step against, failed
+steps counted under the failure policy) is described in
 ``scribe_client/remote_rm.py``, the translation this file shares with the service.
 OpenRLHF cannot take a missing reward, so every sample gets a number: when the service
 cannot be reached, the stand-in of the failure policy (``SCRIBE_FAILURE_POLICY``, default

@@ -24,6 +24,11 @@ prompt × `num_generations` completions) in one `/v1/score/batch` call.
 * The outcome comes from the dataset column `outcome_column` (default ``"outcome"``), or
   from ``outcome_fn``: any function with TRL's reward-function signature that returns one
   value in [0, 1] (or None) per completion, such as an existing accuracy reward.
+* The known answer goes with each request as its ``reference``, so the judge checks each step
+  against it instead of solving the task itself (docs/reference.md). It comes from the first
+  dataset column present of ``reference_column`` (default ``("reference", "ground_truth",
+  "solution", "answer")``; one name, or None to send none); a list of acceptable answers is
+  sent as a JSON array.
 * Each reward is the service's ``training_reward``: a failed step counts as
   ``failure_reward`` (default 0.0, at most 0; failure policy ``pessimistic``). A completion
   with no judged step gets ``0.7 * outcome + 0.3 * failure_reward`` (``failure_reward``
@@ -58,6 +63,7 @@ from scribe_client import AsyncRewardClient, RewardClient, RewardServiceError, S
 from scribe_client._constants import DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT
 from scribe_client.errors import InvalidRequestError, PayloadTooLargeError
 from scribe_client.protocol import FailurePolicy, ScoreRequest, ScoreResponse
+from scribe_client.reference import reference_text
 from scribe_client.rewards import trainer_reward
 
 from ._requests import check_outcome, failure_rule, trajectory_request, with_rule
@@ -68,9 +74,12 @@ log = logging.getLogger(__name__)
 
 # The service's default SCRIBE_MAX_BATCH; bigger generation batches go in several calls.
 DEFAULT_MAX_BATCH = 256
+# Where TRL datasets keep the known answer (TRL's own accuracy reward reads `solution`).
+DEFAULT_REFERENCE_COLUMNS = ("reference", "ground_truth", "solution", "answer")
 
 OutcomeFn = Callable[..., Sequence[float | bool | None]]
 Rewards = list[float | None]
+ReferenceColumn = str | Sequence[str] | None
 
 
 @dataclass(frozen=True)
@@ -89,6 +98,7 @@ class _ScribeRewardBase:
         api_key: str | None,
         outcome_column: str | None,
         outcome_fn: OutcomeFn | None,
+        reference_column: ReferenceColumn,
         options: ScoreOptions | Mapping[str, Any] | None,
         failure_policy: FailurePolicy | None,
         failure_reward: float | None,
@@ -103,6 +113,11 @@ class _ScribeRewardBase:
         self.api_key = api_key
         self.outcome_column = outcome_column
         self.outcome_fn = outcome_fn
+        self.reference_columns: tuple[str, ...] = (
+            (reference_column,)
+            if isinstance(reference_column, str)
+            else tuple(reference_column or ())
+        )
         given = None if options is None else ScoreOptions.model_validate(options)
         self.failure_rule = failure_rule(failure_policy, failure_reward, given)
         self.options = with_rule(given, self.failure_rule)
@@ -127,16 +142,29 @@ class _ScribeRewardBase:
             raise ValueError(f"{len(values)} outcomes for {len(completions)} completions")
         return values
 
+    def _references(self, completions: Sequence[Any], kwargs: Any) -> list[str | None]:
+        # TRL passes every dataset column, repeated once per generation, as a keyword.
+        column = next((name for name in self.reference_columns if name in kwargs), None)
+        if column is None:
+            return [None] * len(completions)
+        values = list(kwargs[column])
+        if len(values) != len(completions):
+            raise ValueError(f"{len(values)} {column!r} values for {len(completions)} completions")
+        return [reference_text(value) for value in values]
+
     def _rollouts(
         self, prompts: Sequence[Any], completions: Sequence[Any], kwargs: Any
     ) -> list[_Rollout]:
         outcomes = self._outcomes(prompts, completions, kwargs)
+        references = self._references(completions, kwargs)
         rollouts: list[_Rollout] = []
-        for prompt, completion, value in zip(prompts, completions, outcomes, strict=True):
+        for prompt, completion, value, reference in zip(
+            prompts, completions, outcomes, references, strict=True
+        ):
             outcome = check_outcome(value)
             try:
                 request = trajectory_request(
-                    prompt, completion, outcome=outcome, options=self.options
+                    prompt, completion, outcome=outcome, options=self.options, reference=reference
                 )
             except ValidationError as exc:
                 # One rollout the service would refuse (e.g. empty) must not sink the batch.
@@ -214,6 +242,9 @@ class ScribeReward(_ScribeRewardBase):
       (``SCRIBE_URL`` / ``SCRIBE_API_KEY`` when unset).
     * **outcome_column** - the dataset column holding the outcome in [0, 1]; None ignores it.
     * **outcome_fn** - computes the outcomes instead, called like a TRL reward function.
+    * **reference_column** - the dataset column(s) holding the known answer, sent as each
+      request's ``reference``: the first one present (default ``"reference"``,
+      ``"ground_truth"``, ``"solution"``, ``"answer"``); None sends no reference.
     * **options** - `ScoreOptions` sent with every request (aggregation, weights).
     * **failure_policy**, **failure_reward** - how failed steps and unscored completions
       count (``pessimistic``, 0.0; at most 0): the argument, else the field of ``options``,
@@ -237,6 +268,7 @@ class ScribeReward(_ScribeRewardBase):
         api_key: str | None = None,
         outcome_column: str | None = "outcome",
         outcome_fn: OutcomeFn | None = None,
+        reference_column: ReferenceColumn = DEFAULT_REFERENCE_COLUMNS,
         options: ScoreOptions | Mapping[str, Any] | None = None,
         failure_policy: FailurePolicy | None = None,
         failure_reward: float | None = None,
@@ -253,6 +285,7 @@ class ScribeReward(_ScribeRewardBase):
             api_key=api_key,
             outcome_column=outcome_column,
             outcome_fn=outcome_fn,
+            reference_column=reference_column,
             options=options,
             failure_policy=failure_policy,
             failure_reward=failure_reward,
@@ -300,6 +333,7 @@ class AsyncScribeReward(_ScribeRewardBase):
         api_key: str | None = None,
         outcome_column: str | None = "outcome",
         outcome_fn: OutcomeFn | None = None,
+        reference_column: ReferenceColumn = DEFAULT_REFERENCE_COLUMNS,
         options: ScoreOptions | Mapping[str, Any] | None = None,
         failure_policy: FailurePolicy | None = None,
         failure_reward: float | None = None,
@@ -316,6 +350,7 @@ class AsyncScribeReward(_ScribeRewardBase):
             api_key=api_key,
             outcome_column=outcome_column,
             outcome_fn=outcome_fn,
+            reference_column=reference_column,
             options=options,
             failure_policy=failure_policy,
             failure_reward=failure_reward,

@@ -18,6 +18,12 @@ ground_truth=…, extra_info=…)``, with the ``reward_kwargs`` added as keyword
 text is scored as one completion (the service splits the steps); ``extra_info["question"]``
 (or ``"prompt"``), when it is a string, is sent as the task.
 
+**Reference.** ``ground_truth`` goes with the request as its ``reference``, so the judge
+checks each step against the known answer instead of solving the task itself
+(docs/reference.md): a string as it is, a list as a JSON array of acceptable answers (one
+item alone as itself), a dict with ``"target"`` (Search-R1's form) as its target, numpy
+arrays as their lists. ``send_reference: false`` in ``reward_kwargs`` sends none.
+
 **Outcome.** A number in [0, 1] from ``extra_info["outcome"]``, else from ``outcome_fn``: a
 callable or its dotted path, called with verl's four arguments and returning a number or a
 dict with ``"score"`` (verl's own rule-based scorers qualify). Without one, the score is the
@@ -55,6 +61,7 @@ from pydantic import ValidationError
 
 from scribe_client import AsyncRewardClient, RewardClient, RewardServiceError
 from scribe_client.protocol import ScoreOptions, ScoreRequest, ScoreResponse
+from scribe_client.reference import reference_text
 from scribe_client.rewards import FailureRule, trainer_reward
 
 from ._requests import check_outcome, failure_rule, trajectory_request, with_rule
@@ -108,6 +115,7 @@ def _request(
     extra_info: Mapping[str, Any],
     outcome: float | None,
     options: ScoreOptions,
+    reference: str | None,
 ) -> ScoreRequest | None:
     prompt = extra_info.get("question", extra_info.get("prompt"))
     try:
@@ -116,6 +124,7 @@ def _request(
             solution_str,
             outcome=outcome,
             options=options,
+            reference=reference,
         )
     except ValidationError as exc:
         log.info("scribe: response not scored: %s", exc.errors()[0]["msg"])
@@ -156,6 +165,7 @@ def compute_score(
     failure_policy: str | None = None,
     options: Mapping[str, Any] | None = None,
     failure_score: float | None = None,
+    send_reference: bool = True,
     **kwargs: Any,  # noqa: ARG001 - verl's extras (reward_router_address…) are not needed
 ) -> ScoreDict:
     """Score one response through the service (blocking). See the module docstring.
@@ -163,13 +173,15 @@ def compute_score(
     ``scribe_url`` / ``scribe_api_key`` fall back to ``SCRIBE_URL`` / ``SCRIBE_API_KEY``;
     ``options`` are `ScoreOptions` fields (``aggregation``, ``outcome_weight``, …);
     ``failure_reward`` / ``failure_policy`` choose the failure policy (``failure_score`` is
-    the old name of ``failure_reward``). Other keywords verl passes
+    the old name of ``failure_reward``); ``send_reference=False`` keeps ``ground_truth``
+    from the judge. Other keywords verl passes
     (``reward_router_address``…) are accepted and unused.
     """
     info = extra_info or {}
     sent, rule = _options(options, failure_policy, failure_reward, failure_score)
     outcome = _outcome(data_source, solution_str, ground_truth, info, outcome_fn)
-    request = _request(solution_str, info, outcome, sent)
+    reference = reference_text(ground_truth) if send_reference else None
+    request = _request(solution_str, info, outcome, sent, reference)
     if request is None:
         return _score_dict(None, "invalid", outcome, sent, rule)
     try:
@@ -195,13 +207,15 @@ async def compute_score_async(
     failure_policy: str | None = None,
     options: Mapping[str, Any] | None = None,
     failure_score: float | None = None,
+    send_reference: bool = True,
     **kwargs: Any,  # noqa: ARG001 - verl's extras (reward_router_address…) are not needed
 ) -> ScoreDict:
     """The `async` twin of `compute_score`, for verl's Reward Loop (awaited on its loop)."""
     info = extra_info or {}
     sent, rule = _options(options, failure_policy, failure_reward, failure_score)
     outcome = _outcome(data_source, solution_str, ground_truth, info, outcome_fn)
-    request = _request(solution_str, info, outcome, sent)
+    reference = reference_text(ground_truth) if send_reference else None
+    request = _request(solution_str, info, outcome, sent, reference)
     if request is None:
         return _score_dict(None, "invalid", outcome, sent, rule)
     try:

@@ -8,6 +8,15 @@
 * `direct`: no rubric: a hand-written "rate this step 0-3" prompt (templates `direct_*.txt`)
   with the same task, history, step and observation, and the same output format.
 
+Each arm has a `+ref` twin (`scribe+ref`, …) whose prompt also shows the record's reference
+answer, as the service shows a request's `reference`; the plain arms never see it. A `+ref`
+judgment of a record without a reference fails (`no_reference`) instead of quietly being
+made without one, so a `+ref` number always means "with the reference".
+
+`scribe` and `generic` also run their prototype's deterministic checks and cap the verdict
+with `checks.apply_findings`, as the service does, so `scribe eval` measures what the service
+returns; `rar` and `direct` have no prototype to declare checks, and get none.
+
 Every prompt is rendered by the service's `render_messages` (same fencing and elision), every
 verdict goes through `Judge.verdict` (same retries, dialect, logprob mode and validation).
 """
@@ -17,16 +26,23 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from pydantic import ValidationError
 
 from scribe_service.library import Library, Prototype
 from scribe_service.pipeline import aggregate
+from scribe_service.pipeline.checks import (
+    CheckFinding,
+    apply_findings,
+    check_input,
+    run_checks_isolated,
+)
 from scribe_service.pipeline.judge import (
     Judge,
     JudgeError,
@@ -38,8 +54,17 @@ from scribe_service.pipeline.render import fence, render_messages, substitute
 from scribe_service.pipeline.retrieve import Route
 from scribe_service.pipeline.segment import Segmented, Step
 
-ArmName = Literal["scribe", "generic", "rar", "direct"]
-ARMS: tuple[ArmName, ...] = ("scribe", "generic", "rar", "direct")
+log = logging.getLogger(__name__)
+
+BaseArm = Literal["scribe", "generic", "rar", "direct"]
+ArmName = Literal[
+    "scribe", "generic", "rar", "direct", "scribe+ref", "generic+ref", "rar+ref", "direct+ref"
+]
+ARMS: tuple[ArmName, ...] = (
+    "scribe", "generic", "rar", "direct", "scribe+ref", "generic+ref", "rar+ref", "direct+ref"
+)  # fmt: skip
+REFERENCE_SUFFIX = "+ref"
+CHECKED_ARMS = ("scribe", "generic")
 BASELINE_TEMPLATES = (
     "direct_system.txt",
     "direct_user.txt",
@@ -88,6 +113,12 @@ def parse_arms(text: str) -> list[ArmName]:
     return [name for name in ARMS if name in names]
 
 
+def split_arm(arm: ArmName) -> tuple[BaseArm, bool]:
+    """The arm's prompt (`scribe`, …) and whether it shows the reference."""
+    base = arm.removesuffix(REFERENCE_SUFFIX)
+    return cast(BaseArm, base), base != arm
+
+
 def load_baseline_templates(templates_dir: Path) -> dict[str, str]:
     missing = [n for n in BASELINE_TEMPLATES if not (templates_dir / n).is_file()]
     if missing:
@@ -114,6 +145,8 @@ class Outcome:
     message: str | None = None
     rubric: str | None = None
     """The prototype whose rubric (or the arm whose prompt) was used."""
+    findings: tuple[str, ...] = ()
+    """Ids of the failure modes the deterministic checks found (they cap the score)."""
 
 
 # --- RaR: instance rubrics -----------------------------------------------------------------
@@ -280,6 +313,10 @@ class StepItem:
     segmented: Segmented
     step: Step
     route: Route
+    tools: Sequence[Mapping[str, Any]] | None = None
+    """The record's tool schemas, for the `tool_arguments` check."""
+    reference: str | None = None
+    """The record's reference answer, shown to the `+ref` arms only."""
 
 
 class Arms:
@@ -308,7 +345,7 @@ class Arms:
         )
 
     async def _prompt(
-        self, arm: ArmName, item: StepItem, judge: Judge
+        self, arm: BaseArm, item: StepItem, judge: Judge
     ) -> tuple[Library, Prototype]:
         if arm == "scribe":
             return self.library, item.route.prototype
@@ -319,8 +356,16 @@ class Arms:
         return self.library, await self.rubrics.get(item.task, judge, self.templates)
 
     async def judge(self, arm: ArmName, item: StepItem, judge: Judge, mode: JudgeMode) -> Outcome:
+        base, with_reference = split_arm(arm)
+        if with_reference and item.reference is None:
+            return Outcome(
+                "failed",
+                error="no_reference",
+                message="the record has no reference (`reference` or meta.ground_truth)",
+            )
+        reference = item.reference if with_reference else None
         try:
-            library, prototype = await self._prompt(arm, item, judge)
+            library, prototype = await self._prompt(base, item, judge)
         except JudgeError as exc:  # only `rar` can fail here: every step of the task fails
             return Outcome("failed", error=exc.type, message=f"instance rubric: {exc}")
         messages = render_messages(
@@ -331,11 +376,15 @@ class Arms:
             max_step_chars=self._max_step_chars,
             max_context_chars=self._max_context_chars,
             mode=mode,
+            reference=reference,
         )
+        found = self.check(arm, item, prototype, reference)
+        ids = tuple(dict.fromkeys(f.failure_mode for f in found))
         try:
             verdict = await judge.verdict(messages, prototype, mode)
         except JudgeError as exc:
-            return Outcome("failed", error=exc.type, message=str(exc))
+            return Outcome("failed", error=exc.type, message=str(exc), findings=ids)
+        verdict = apply_findings(verdict, found)
         graded = verdict.score if verdict.expected_score is None else verdict.expected_score
         return Outcome(
             "ok",
@@ -343,4 +392,19 @@ class Arms:
             expected_score=verdict.expected_score,
             reward=aggregate.step_reward(graded),
             rubric=prototype.id,
+            findings=ids,
         )
+
+    def check(
+        self, arm: ArmName, item: StepItem, prototype: Prototype, reference: str | None = None
+    ) -> list[CheckFinding]:
+        """The prototype's checks for the arms that have one (`scribe`, `generic`), as the
+        service runs them; a check that raises is logged and skipped, as in the service."""
+        if arm.split("+")[0] not in CHECKED_ARMS or not prototype.checks:
+            return []
+        inp = check_input(item.segmented, item.step, item.tools, reference)
+        found, errors = run_checks_isolated(prototype.checks, inp)
+        for name, exc in errors:
+            where = f"{item.record_id} step {item.step.index}"
+            log.error("check %s failed on %s", name, where, exc_info=exc)
+        return found

@@ -1,4 +1,5 @@
-"""`scribe eval labels|consistency DATA.jsonl --out DIR`: the command line of evaluate.py.
+"""`scribe eval labels|consistency|perturb DATA.jsonl --out DIR`: the command line of
+evaluate.py and perturbation.py; `scribe eval curves LOG --out DIR`: that of curves.py.
 
 Registration stays light: the pipeline, numpy and matplotlib load only when `eval` runs.
 """
@@ -45,11 +46,89 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_perturb(args: argparse.Namespace) -> int:
+    from scribe_service.evaluation.arms import parse_arms
+    from scribe_service.evaluation.perturbation import PerturbOptions, parse_kinds, perturb
+    from scribe_service.settings import Settings
+
+    overrides: dict[str, Any] = {}
+    if args.judge_url:
+        overrides["judge_url"] = args.judge_url
+    if args.judge_mode:
+        overrides["judge_mode"] = args.judge_mode
+    options = PerturbOptions(
+        data=args.file,
+        out=args.out,
+        arms=parse_arms(args.arms),
+        kinds=parse_kinds(args.kinds),
+        per_kind=args.per_kind,
+        corruption_seed=args.corruption_seed,
+        limit=args.limit,
+        sample=args.sample,
+        sample_seed=args.sample_seed,
+        n_resamples=args.bootstrap,
+        seed=args.seed,
+        retry_failed=args.retry_failed,
+        concurrency=args.concurrency,
+        quiet=args.quiet,
+    )
+    asyncio.run(perturb(options, Settings(**overrides)))
+    return 0
+
+
+def _curves(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from scribe_service.evaluation.curves import CurvesError, curves
+
+    where = {}
+    for condition in args.where:
+        key, sep, value = condition.partition("=")
+        if not sep or not key:
+            raise CurvesError(f"--where {condition!r}: expected KEY=VALUE")
+        where[key] = value
+    console = None if args.quiet else Console()
+    curves(args.log, args.out, step_key=args.step_key, bins=args.bins, top=args.top,
+           where=where, console=console)  # fmt: skip
+    return 0
+
+
+def _add_curves(sub: Any) -> None:
+    curves = sub.add_parser(
+        "curves", help="mean score per prototype and domain against the training step"
+    )
+    curves.add_argument(
+        "log", type=Path, help="the score log (SCRIBE_SCORE_LOG); LOG.1, LOG.2, … are read too"
+    )
+    curves.add_argument("--out", type=Path, required=True, help="report folder")
+    curves.add_argument(
+        "--step-key", default="global_step", help="the metadata key holding the training step"
+    )
+    curves.add_argument(
+        "--bins", type=int, default=20, help="step buckets (fewer distinct steps: one each)"
+    )
+    curves.add_argument(
+        "--top", type=int, default=8, help="prototypes in the main plot; the rest in a second"
+    )
+    curves.add_argument(
+        "--where",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="only lines whose metadata KEY equals VALUE (e.g. run=grpo-7); repeatable",
+    )
+    curves.add_argument("--quiet", action="store_true", help="no table")
+    curves.set_defaults(run=_curves)
+
+
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("file", type=Path, help="labelled trajectory records (docs/records.md)")
     parser.add_argument("--out", type=Path, required=True, help="report folder (resumable)")
     parser.add_argument(
-        "--arms", default=",".join(ARM_NAMES), help=f"comma-separated, of {', '.join(ARM_NAMES)}"
+        "--arms",
+        default=",".join(ARM_NAMES),
+        help=f"comma-separated, of {', '.join(ARM_NAMES)}, each also as NAME+ref: shown the "
+        "record's reference answer (docs/reference.md)",
     )
     parser.add_argument("--limit", type=int, help="only the first N records")
     parser.add_argument(
@@ -100,3 +179,19 @@ def add_eval_parser(commands: Any) -> None:
     consistency.add_argument(
         "--logprob-repeats", type=int, default=3, help="logprob-mode repeats per step (0: none)"
     )
+    _add_curves(sub)
+    perturb = sub.add_parser(
+        "perturb", help="detection of controlled corruptions per kind and arm (docs/perturb.md)"
+    )
+    _common(perturb)
+    perturb.add_argument(
+        "--judge-mode", choices=("verdict", "logprob"), help="default SCRIBE_JUDGE_MODE"
+    )
+    perturb.add_argument("--kinds", help="comma-separated corruption kinds (default: all)")
+    perturb.add_argument(
+        "--per-kind", type=int, help="at most N corrupted steps per kind (a seeded sample)"
+    )
+    perturb.add_argument(
+        "--corruption-seed", type=int, default=0, help="seed of the corruptions and --per-kind"
+    )
+    perturb.set_defaults(run=_run_perturb)

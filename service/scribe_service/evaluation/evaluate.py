@@ -16,6 +16,7 @@ from rich.console import Console
 
 from scribe_service.evaluation import analysis, report
 from scribe_service.evaluation.arms import (
+    REFERENCE_SUFFIX,
     ArmName,
     Arms,
     RubricStore,
@@ -86,6 +87,12 @@ async def evaluate(
     )
     if not records:
         raise EvalError(f"{options.data}: no records")
+    with_reference = [arm for arm in options.arms if arm.endswith(REFERENCE_SUFFIX)]
+    if with_reference and not any(r.reference for r in records):
+        raise EvalError(
+            f"{options.data}: no record has a reference, so {', '.join(with_reference)} "
+            "would judge nothing (docs/records.md: `reference`)"
+        )
     options.out.mkdir(parents=True, exist_ok=True)
     templates = load_baseline_templates(settings.prototypes_dir / "templates")
     if not options.quiet:

@@ -392,7 +392,10 @@ _ENTITY = re.compile(r"\b[A-Z][\w'’-]+(?:\s+(?:of|the|de|von|van|and)?\s*[A-Z]
 _NUMBER = re.compile(r"(?<![\w.])\d[\d,]*(?:\.\d+)?(?![\w])")
 _SENTENCE_STARTERS = frozenset(
     "The A An In On It This That He She They We I As At By For From Its His Her Their "
-    "However Yes No So Then Also Finally First Second Third Next Therefore Thus".split()
+    "However Yes No So Then Also Finally First Second Third Next Therefore Thus "
+    # Question words open the user's own sentences ("Will it rain in Oslo?").
+    "Will What Which Who Whom Whose When Where Why How Is Are Was Were Do Does Did Can Could "
+    "Should Would Has Have Had Please Find Tell Give".split()
 )
 
 

@@ -18,6 +18,7 @@ from typing import Any, Literal
 from pydantic import ValidationError
 
 from scribe_client.protocol import ScoreRequest
+from scribe_client.reference import reference_text
 
 Split = Literal["a", "b"]
 LABELS = (-1, 0, 1)
@@ -42,6 +43,8 @@ class Record:
     first_error_style: bool = False
     """True when the record says where its first error is (`meta.first_error_message_index`)."""
     source: str = ""
+    reference: str | None = None
+    """The known answer (`reference`, else `meta.ground_truth`), for the `+ref` arms."""
 
     @property
     def split(self) -> Split:
@@ -82,6 +85,23 @@ def _final(value: Any, where: str) -> int | None:
     return int(value)
 
 
+def _reference(raw: Mapping[str, Any], where: str) -> str | None:
+    """The top-level `reference` (a string, or a list of acceptable answers), else the
+    ground truth in `meta` (AgentProcessBench keeps Search-R1's `{"target": [...]}` there)."""
+    if "reference" in raw and raw["reference"] is not None:
+        given = raw["reference"]
+        texts = given if isinstance(given, list) else [given]
+        if not texts or not all(isinstance(t, str) and t.strip() for t in texts):
+            raise RecordError(
+                f"{where}: reference: must be a non-empty string or list of them, got {given!r}"
+            )
+        return reference_text(given)
+    meta = raw.get("meta")
+    if isinstance(meta, Mapping):
+        return reference_text(meta.get("ground_truth"))
+    return None
+
+
 def parse_record(raw: Any, where: str) -> Record:
     """One JSON record → Record, or a RecordError naming `where` and the field."""
     if not isinstance(raw, dict):
@@ -90,9 +110,15 @@ def parse_record(raw: Any, where: str) -> Record:
     if "messages" not in raw:
         hint = " (a labels-only record)" if raw.get("trajectory_available") is False else ""
         raise RecordError(f"{where} ({rid}): no `messages`{hint}; nothing to judge")
+    reference = _reference(raw, f"{where} ({rid})")
     try:
         request = ScoreRequest.model_validate(
-            {"messages": raw["messages"], "tools": raw.get("tools"), "request_id": rid}
+            {
+                "messages": raw["messages"],
+                "tools": raw.get("tools"),
+                "request_id": rid,
+                "reference": reference,
+            }
         )
     except ValidationError as exc:
         first = exc.errors()[0]
@@ -131,6 +157,7 @@ def parse_record(raw: Any, where: str) -> Record:
         first_error=first_error,
         first_error_style=style,
         source=str(raw.get("source") or ""),
+        reference=reference,
     )
 
 

@@ -149,7 +149,15 @@ async def route_records(pipeline: Pipeline, records: Sequence[Record]) -> list[l
         offset += count
         items.append(
             [
-                StepItem(record.id, record.task, seg, step, route)
+                StepItem(
+                    record.id,
+                    record.task,
+                    seg,
+                    step,
+                    route,
+                    tools=record.request.tools,
+                    reference=record.reference,
+                )
                 for step, route in zip(seg.steps, routes, strict=True)
             ]
         )
@@ -208,6 +216,7 @@ def judgment_line(job: Job, outcome: Outcome, record: Record) -> dict[str, Any]:
         "reward": outcome.reward,
         "error": outcome.error,
         "error_message": outcome.message,
+        "findings": list(outcome.findings),
         "human_label": None
         if step.message_index is None
         else record.step_labels.get(step.message_index),

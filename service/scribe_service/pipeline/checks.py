@@ -1,13 +1,13 @@
 """Deterministic checks: pure functions that catch errors a small judge does not see.
 
-A prototype may declare checks by name (`arithmetic`, `tool_arguments`, `answer_grounded`).
-Each is a function `(CheckInput) -> list[CheckFinding]` that reads only parsed claims: the
-`expr = value` claims in the step's text, its tool calls, and its final answer, set against
-the request's tool schemas and the evidence. Prose such as "(verified: check passed)" is never
-read as a verdict, so it cannot change a result. A check that cannot decide (a variable, an
-unparseable expression, no evidence, a long free-text answer) stays silent: a finding is a
-claim that something is wrong, and it caps the step's score exactly as a judge-reported
-failure mode does (`source = "check"`).
+A prototype may declare checks by name (`arithmetic`, `tool_arguments`, `answer_grounded`,
+`reference_answer`). Each is a function `(CheckInput) -> list[CheckFinding]` that reads only
+parsed claims: the `expr = value` claims in the step's text, its tool calls, and its final
+answer, set against the request's tool schemas, the evidence and the caller's reference.
+Prose such as "(verified: check passed)" is never read as a verdict, so it cannot change a
+result. A check that cannot decide (a variable, an unparseable expression, no evidence, a
+long free-text answer) stays silent: a finding is a claim that something is wrong, and it
+caps the step's score exactly as a judge-reported failure mode does (`source = "check"`).
 
 Caps, chosen to match the prototypes' own failure modes for the same error:
 
@@ -18,6 +18,26 @@ Caps, chosen to match the prototypes' own failure modes for the same error:
   fails or acts on the wrong item.
 * `unknown_tool` caps at 0, as `nonexistent_function` does: the call cannot succeed at all.
 * `ungrounded_answer` caps at 1, as `unsupported_answer` does: the answer rests on a guess.
+* `reference_mismatch` caps at 0, as `mismatch_with_derivation` and `contradicted_by_evidence`
+  do: a final answer that contradicts the known correct answer is the wrong answer, and a
+  final-answer step has no other progress to credit. The check fires only on a clear
+  disagreement, so the hard cap is paid for by its silence elsewhere.
+
+`apply_findings` is the one rule, used by the service and by `scribe eval`, that turns
+findings into a capped verdict: the score and, in logprob mode, the expected score are
+lowered to the smallest cap, and the findings' ids join the verdict's failure modes.
+
+Reference answers, in detail: the reference (a trainer's ground truth) counts when it is a
+short answer (one line, at most 8 words), a JSON array of such answers (any one is correct),
+or a solution that ends in `#### x`, `\\boxed{x}` or "The answer is x". Two numbers compare by
+value (`0.5` = `\\frac{1}{2}` = `50%`; the shown precision allows rounding). Otherwise the
+texts are normalised (case, accents, articles, number and ordinal words) and disagree only
+when neither contains the other, they share no content word, and neither is the other's
+initials. A formula that does not evaluate, a long answer, a negation ("the answer is not
+7"), or an answer that names the reference among others (hedging: the judge's concern) leave
+the check silent. Every answer a step states is compared, so a sentence naming the reference
+after a wrong answer cannot undo it, and a trailing parenthetical is not part of the answer:
+"7 (matches the reference 12)" states 7.
 
 Arithmetic, in detail: a claim is a run of numbers and operators around `=` or `≈` (also
 ×, ·, ÷, −, `\\times`, `\\cdot`, `\\frac{a}{b}`, `1,000`, `20%`); every link of `a = b = c` is
@@ -36,6 +56,7 @@ size. sympy would parse more notation, but it is a heavy import, its parser is b
 from __future__ import annotations
 
 import ast
+import dataclasses
 import functools
 import json
 import re
@@ -43,12 +64,17 @@ import unicodedata
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import jsonschema
 import referencing
 import referencing.exceptions
 from jsonschema.validators import validator_for
+
+from scribe_service.pipeline.segment import Segmented, Step
+
+if TYPE_CHECKING:  # verdict.py imports the library, which imports this module's registry
+    from scribe_service.pipeline.verdict import Verdict
 
 __all__ = [
     "CHECKS",
@@ -57,20 +83,27 @@ __all__ = [
     "CheckInput",
     "CheckToolCall",
     "UnknownCheck",
+    "apply_findings",
     "arithmetic_claims",
     "capped_score",
     "check_answer_grounded",
     "check_arithmetic",
+    "check_input",
+    "check_reference_answer",
     "check_tool_arguments",
     "final_answer",
     "final_answer_span",
+    "reference_answers",
     "run_checks",
+    "stated_answers",
+    "run_checks_isolated",
 ]
 
 ARITHMETIC_CAP = 1
 SCHEMA_CAP = 1
 UNKNOWN_TOOL_CAP = 0
 UNGROUNDED_CAP = 1
+REFERENCE_CAP = 0
 
 
 class UnknownCheck(ValueError):
@@ -95,6 +128,8 @@ class CheckInput:
     """Tool results and observations seen before and in this step; never the step's own text."""
     answer: str | None = None
     """The step's final answer; None means: take it from `text` (see `final_answer`)."""
+    reference: str | None = None
+    """The caller's known correct answer or reference solution (`ScoreRequest.reference`)."""
 
 
 @dataclass(frozen=True)
@@ -112,6 +147,47 @@ Check = Callable[[CheckInput], list[CheckFinding]]
 def capped_score(score: int, findings: Sequence[CheckFinding]) -> int:
     """A judge's score after the checks' caps, the same rule as for judge-reported modes."""
     return min([score, *(finding.max_score for finding in findings)])
+
+
+def apply_findings(verdict: Verdict, findings: Sequence[CheckFinding]) -> Verdict:
+    """The verdict after the checks: score and expected score capped, the findings' ids added.
+
+    The expected score is capped too, or logprob mode (whose reward is the expected score)
+    would let a step the checks caught keep its reward."""
+    if not findings:
+        return verdict
+    cap = min(finding.max_score for finding in findings)
+    expected = verdict.expected_score
+    return dataclasses.replace(
+        verdict,
+        score=capped_score(verdict.score, findings),
+        expected_score=None if expected is None else min(expected, float(cap)),
+        failure_modes=tuple(
+            dict.fromkeys([*verdict.failure_modes, *(f.failure_mode for f in findings)])
+        ),
+    )
+
+
+def check_input(
+    segmented: Segmented,
+    step: Step,
+    tools: Sequence[Mapping[str, Any]] | None,
+    reference: str | None,
+) -> CheckInput:
+    """What the checks see of a step: its prose and calls, the tool results before it and its
+    own observation as evidence (never its own text), the request's tools and reference."""
+    before = [turn.text for turn in segmented.history[: step.history_end] if turn.role == "tool"]
+    evidence = [*before, step.observation] if step.observation else before
+    return CheckInput(
+        text=step.prose,
+        tool_calls=tuple(
+            CheckToolCall(call.function.name, call.function.arguments) for call in step.tool_calls
+        ),
+        tools=tools,
+        task=segmented.task,
+        evidence=tuple(evidence),
+        reference=reference,
+    )
 
 
 # --- arithmetic ------------------------------------------------------------------------------
@@ -705,12 +781,163 @@ def check_answer_grounded(inp: CheckInput) -> list[CheckFinding]:
     ]
 
 
+# --- reference answer ------------------------------------------------------------------------
+
+MAX_REFERENCE_CHARS = 200
+MAX_STATED_ANSWER_TOKENS = 12
+_REFERENCE_HASHES = re.compile(r"####\s*([^\n]+?)\s*$")
+_TRAILING_PARENTHETICAL = re.compile(r"\s*(?:\([^()]*\)|\[[^\[\]]*\])\s*$")
+_NAMED_VALUE = re.compile(r"^\s*[A-Za-z]\s*=\s*(.+)$")  # "x = 5" states 5
+_NUMBERISH = re.compile(r"[0-9+\-*/^().,%\s]*\d[0-9+\-*/^().,%\s]*")
+# Notation we do not evaluate: with it, two answers may be equal without looking alike.
+_MATHY = re.compile(r"[\\^_{}=<>√π∞±]|\d\s*[*/+^]\s*[\d(]|sqrt|\bpi\b", re.IGNORECASE)
+
+
+# "The answer is not 7 / in the table / correct": words that talk about an answer, not state it.
+_NOT_AN_ANSWER = re.compile(
+    r"(?i)(?:not|in|on|at|from|by|that|because|as|correct|incorrect|right|wrong|clear|"
+    r"consistent|given|shown|above|below|likely|probably|still|then|now)\b"
+)
+
+
+def _short(answer: str) -> bool:
+    answer = answer.strip()
+    return (
+        bool(answer)
+        and "\n" not in answer
+        and len(answer) <= MAX_REFERENCE_CHARS
+        and len(_tokens(answer)) <= MAX_ANSWER_TOKENS
+    )
+
+
+def reference_answers(reference: str) -> list[str] | None:
+    """The acceptable short answers a reference holds; None when it holds none we can read."""
+    text = reference.strip()
+    if text.startswith("["):
+        try:
+            value = json.loads(text)
+        except (json.JSONDecodeError, RecursionError):
+            value = None
+        if isinstance(value, list) and value:
+            answers = [str(v).strip() for v in value if isinstance(v, str | int | float)]
+            # One long or odd alternative makes the set undecidable: it may be the one matched.
+            ok = len(answers) == len(value) and all(_short(a) for a in answers)
+            return answers if ok else None
+    if _short(text):
+        return [text]
+    stated = _REFERENCE_HASHES.search(text)
+    answer = stated.group(1) if stated else final_answer(text)
+    return [answer] if answer and _short(answer) else None
+
+
+def stated_answers(text: str) -> list[str]:
+    """Every final answer the text states, in the form `final_answer` reads (all `<answer>`
+    tags, else all `\\boxed{}`, else every "The answer is …"), trimmed the same way."""
+    for pattern in (_ANSWER_TAG, _BOXED, _ANSWER_IS):
+        found = [m.group(1).lstrip(" \t\n$*").rstrip(" \t\n$*.") for m in pattern.finditer(text)]
+        if any(found):
+            return [answer for answer in found if answer]
+    return []
+
+
+def _stated(answer: str) -> str:
+    answer = _TRAILING_PARENTHETICAL.sub("", answer.strip()).strip()
+    named = _NAMED_VALUE.match(answer)
+    return named.group(1).strip() if named else answer
+
+
+def _number(text: str) -> _Side | None:
+    source = _rewrite(text).strip().rstrip(".").strip()
+    if not _NUMBERISH.fullmatch(source):
+        return None
+    try:
+        return _side(source)
+    except _Undecidable:
+        return None
+
+
+_ORDINALS = {
+    word: str(i)
+    for i, word in enumerate(
+        "first second third fourth fifth sixth seventh eighth ninth tenth eleventh twelfth "
+        "thirteenth fourteenth fifteenth sixteenth seventeenth eighteenth nineteenth "
+        "twentieth".split(),
+        start=1,
+    )
+}
+_ORDINAL_SUFFIXES = frozenset(("st", "nd", "rd", "th"))
+
+
+def _answer_tokens(text: str) -> list[str]:
+    """`_tokens`, with ordinals as numbers: "third", "3rd" and "Season 3" share the 3."""
+    return [_ORDINALS.get(t, t) for t in _tokens(text) if t not in _ORDINAL_SUFFIXES]
+
+
+def _initials(words: Sequence[str]) -> str:
+    return "".join(word[0] for word in words)
+
+
+def _answers_agree(answer: str, reference: str) -> bool | None:
+    """True: the same answer; False: clearly different; None: cannot tell."""
+    a_num, r_num = _number(answer), _number(reference)
+    if a_num is not None and r_num is not None:
+        return _link_holds(a_num, r_num, approximate=False)
+    if _MATHY.search(answer) or _MATHY.search(reference):
+        return None
+    a, r = _answer_tokens(answer), _answer_tokens(reference)
+    if not a or not r:
+        return None
+    if a == r:
+        return True
+    joined_a, joined_r = f" {' '.join(a)} ", f" {' '.join(r)} "
+    if joined_a in joined_r or joined_r in joined_a or set(a) & set(r):
+        return None
+    if (len(a) == 1 and a[0] == _initials(r)) or (len(r) == 1 and r[0] == _initials(a)):
+        return None  # "NYC" against "New York City"
+    return False
+
+
+def _contradicts(answer: str, references: Sequence[str]) -> bool:
+    stated = _stated(answer)
+    if not stated or len(_tokens(stated)) > MAX_STATED_ANSWER_TOKENS:
+        return False
+    if _NOT_AN_ANSWER.match(stated):
+        return False
+    # Any acceptable answer that matches, or that cannot be told apart, keeps the check silent.
+    return all(_answers_agree(stated, _stated(ref)) is False for ref in references)
+
+
+def check_reference_answer(inp: CheckInput) -> list[CheckFinding]:
+    if not inp.reference:
+        return []
+    references = reference_answers(inp.reference)
+    answers = [inp.answer] if inp.answer is not None else stated_answers(inp.text)
+    if not references:
+        return []
+    # Every answer the step states is held to the reference: a later sentence that names the
+    # reference ("the reference answer is 12, which matches") cannot undo a wrong one.
+    wrong = next((a for a in answers if _contradicts(a, references)), None)
+    if wrong is None:
+        return []
+    shown = references[0] if len(references) == 1 else references
+    return [
+        CheckFinding(
+            "reference_answer",
+            "reference_mismatch",
+            f"the final answer {_stated(wrong)!r:.120} disagrees with the reference answer "
+            f"{shown!r:.120}",
+            REFERENCE_CAP,
+        )
+    ]
+
+
 # --- registry --------------------------------------------------------------------------------
 
 CHECKS: Mapping[str, Check] = {
     "arithmetic": check_arithmetic,
     "tool_arguments": check_tool_arguments,
     "answer_grounded": check_answer_grounded,
+    "reference_answer": check_reference_answer,
 }
 
 
@@ -720,3 +947,18 @@ def run_checks(names: Sequence[str], inp: CheckInput) -> list[CheckFinding]:
     if unknown:
         raise UnknownCheck(f"unknown checks {unknown}; known: {sorted(CHECKS)}")
     return [finding for name in names for finding in CHECKS[name](inp)]
+
+
+def run_checks_isolated(
+    names: Sequence[str], inp: CheckInput
+) -> tuple[list[CheckFinding], list[tuple[str, Exception]]]:
+    """Like `run_checks`, but a check that raises is skipped and returned with its exception:
+    a bug in one check must not cost a step its score, nor silence the other checks."""
+    findings: list[CheckFinding] = []
+    errors: list[tuple[str, Exception]] = []
+    for name in names:
+        try:
+            findings.extend(CHECKS[name](inp))
+        except Exception as exc:
+            errors.append((name, exc))
+    return findings, errors

@@ -8,6 +8,12 @@ contains, so it cannot close its quoting and pose as rubric or instructions. Tem
 filled in one regex pass over known placeholders, because `str.format` would trip over the
 braces that tool arguments and JSON are full of, and a sequential replace would substitute
 placeholders that appear inside the trajectory itself.
+
+A template may hold sections, ``{{#name}}`` and ``{{/name}}`` each alone on its line: the
+lines between are kept when `name` has a non-empty value and dropped, tag lines and all,
+when it has none. That is how a request's reference adds its rules and its section to the
+same templates while a prompt without one stays byte for byte what it was. Sections are
+resolved on the template before any value goes in, so trajectory text cannot open one.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from scribe_service.pipeline.segment import Segmented, Step
 
 _PLACEHOLDER = re.compile(r"\{\{\s*([a-z_]+)\s*\}\}")
 _BACKTICKS = re.compile(r"`+")
+_SECTION = re.compile(r"^\{\{#([a-z_]+)\}\}\n(.*?)^\{\{/\1\}\}(?:\n|\Z)", re.MULTILINE | re.DOTALL)
 
 
 def fence(text: str) -> str:
@@ -39,6 +46,17 @@ def elide(text: str, limit: int) -> str:
     return f"{text[:head]}\n[… {len(text) - limit} characters elided …]\n{text[-tail:]}"
 
 
+def _sections(template: str, values: Mapping[str, str]) -> str:
+    def keep(match: re.Match[str]) -> str:
+        return match.group(2) if values.get(match.group(1)) else ""
+
+    resolved = _SECTION.sub(keep, template)
+    if "{{#" in resolved or "{{/" in resolved:
+        # A tag that is not alone on its line, or never closed, would reach the judge.
+        raise KeyError("template section tag not alone on its line, or not closed")
+    return resolved
+
+
 def substitute(template: str, values: Mapping[str, str]) -> str:
     def replace(match: re.Match[str]) -> str:
         name = match.group(1)
@@ -46,7 +64,7 @@ def substitute(template: str, values: Mapping[str, str]) -> str:
             raise KeyError(f"template placeholder {{{{{name}}}}} has no value")
         return values[name]
 
-    return _PLACEHOLDER.sub(replace, template)
+    return _PLACEHOLDER.sub(replace, _sections(template, values))
 
 
 def rubric_text(prototype: Prototype) -> str:
@@ -85,11 +103,18 @@ def render_messages(
     max_step_chars: int,
     max_context_chars: int,
     mode: JudgeMode = "verdict",
+    reference: str | None = None,
 ) -> list[dict[str, str]]:
     """The chat messages that ask the judge to score `step` against `prototype`: a JSON
-    verdict, or in logprob mode the score digit alone (`judge_*_logprob.txt`)."""
+    verdict, or in logprob mode the score digit alone (`judge_*_logprob.txt`). A
+    `reference` (the known answer) is shown after the task, and the rules say to check the
+    step against it; without one the prompt is exactly the reference-free one."""
     task_budget = max_context_chars // 2
+    known = (reference or "").strip()
     values = {
+        # A reference answer is short; a reference solution keeps its head and its tail,
+        # where the answer usually is, within half a step's budget.
+        "reference": fence(elide(known, max_step_chars // 2)) if known else "",
         "rubric": rubric_text(prototype),
         "task": fence(elide(segmented.task or "(not given)", task_budget)),
         "history": fence(_history(segmented, step, max_context_chars - task_budget)),

@@ -11,6 +11,11 @@ a typed `StepError`, and its siblings are judged regardless. The request-wide st
 (pure arithmetic on the step results) have no step to pin a failure on: an unexpected one
 fails the request with a 500 that names the stage. Steps are judged concurrently;
 the judge's own semaphore is the one global bound on calls in flight.
+
+Before a step is judged, the routed prototype's deterministic checks (`checks.py`, timed as
+stage `checks`) run on it; their findings cap the verdict by `checks.apply_findings`, the rule
+`scribe eval` uses too. A check that raises is a bug in the check, not in the step: it is
+logged, counted (`check_errors`) and skipped.
 """
 
 from __future__ import annotations
@@ -19,11 +24,12 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from scribe_client.protocol import (
+    Finding,
     JudgeInfo,
     RouteRequest,
     RouteResponse,
@@ -39,10 +45,16 @@ from scribe_service.errors import (
     ServiceError,
     UnavailableError,
 )
-from scribe_service.library import Library
+from scribe_service.library import Library, Prototype
 from scribe_service.limits import InputLimits
 from scribe_service.metrics import Metrics
 from scribe_service.pipeline import aggregate
+from scribe_service.pipeline.checks import (
+    CheckFinding,
+    apply_findings,
+    check_input,
+    run_checks_isolated,
+)
 from scribe_service.pipeline.embed import Embedder, Vectors
 from scribe_service.pipeline.judge import Judge, JudgeError, JudgeMode, Messages, Verdict
 from scribe_service.pipeline.logprob import TOP_LOGPROBS
@@ -146,6 +158,8 @@ class Pipeline:
         self.metrics = metrics or Metrics()
         self.failure_rule = failure_rule or aggregate.FailureRule()
         """The failure policy and reward where a request's options leave them null."""
+        self.check_errors = 0
+        """Deterministic checks that raised (a bug: logged, skipped, the step still scored)."""
 
     @property
     def judge_model(self) -> str:
@@ -289,16 +303,53 @@ class Pipeline:
         route: Route,
         deadline: float | None,
         mode: JudgeMode | None,
+        *,
+        tools: Sequence[Mapping[str, Any]] | None = None,
+        reference: str | None = None,
     ) -> StepResult:
-        """A step's own stages, render → judge; whatever fails there fails this step only."""
+        """A step's own stages, checks → render → judge; whatever fails there fails this step
+        only. The checks' findings cap the verdict, and are reported even when judging failed."""
         base = _step_route(step, route).model_dump()
-        outcome = await self._render_and_judge(segmented, step, route, deadline, mode)
+        found = self._check(segmented, step, route.prototype, tools, reference)
+        outcome = await self._render_and_judge(segmented, step, route, deadline, mode, reference)
         if isinstance(outcome, StepError):
-            result = StepResult(**base, status="failed", error=outcome)
+            findings = [_check_finding(f) for f in found]
+            result = StepResult(
+                **base,
+                status="failed",
+                error=outcome,
+                failure_modes=[f.failure_mode for f in findings],
+                findings=findings,
+            )
         else:
-            result = _judged(base, outcome)
+            result = _judged(base, outcome, route.prototype, found)
         self.metrics.steps.labels(result.status).inc()
         return result
+
+    def _check(
+        self,
+        segmented: Segmented,
+        step: Step,
+        prototype: Prototype,
+        tools: Sequence[Mapping[str, Any]] | None,
+        reference: str | None,
+    ) -> list[CheckFinding]:
+        """The routed prototype's deterministic checks; one that raises is logged and skipped,
+        never a failed step or request."""
+        if not prototype.checks:
+            return []
+        with self.metrics.stage_seconds.labels("checks").time():
+            try:
+                inp = check_input(segmented, step, tools, reference)
+            except Exception:
+                log.exception("building the check input of step %d failed", step.index)
+                self.check_errors += 1
+                return []
+            findings, errors = run_checks_isolated(prototype.checks, inp)
+        for name, exc in errors:
+            log.error("check %s failed on step %d", name, step.index, exc_info=exc)
+        self.check_errors += len(errors)
+        return findings
 
     async def _render_and_judge(
         self,
@@ -307,6 +358,7 @@ class Pipeline:
         route: Route,
         deadline: float | None,
         mode: JudgeMode | None,
+        reference: str | None = None,
     ) -> Verdict | StepError:
         if self.judge is None:
             return StepError(type="judge_unavailable", message="no judge configured")
@@ -321,6 +373,7 @@ class Pipeline:
                     max_step_chars=self._max_step_chars,
                     max_context_chars=self._max_context_chars,
                     mode=mode,
+                    reference=reference,
                 )
         except Exception as exc:  # a bug must fail the step visibly, not the whole request
             log.exception("rendering step %d failed", step.index)
@@ -358,7 +411,13 @@ class Pipeline:
         results = await asyncio.gather(
             *(
                 self._judge_step(
-                    routed.segmented, step, route, deadline, request.options.judge_mode
+                    routed.segmented,
+                    step,
+                    route,
+                    deadline,
+                    request.options.judge_mode,
+                    tools=request.tools,
+                    reference=request.reference,
                 )
                 for step, route in zip(routed.segmented.steps, routed.routes, strict=True)
             )
@@ -388,7 +447,35 @@ class Pipeline:
         )
 
 
-def _judged(base: dict[str, Any], verdict: Verdict) -> StepResult:
+def _check_finding(finding: CheckFinding) -> Finding:
+    return Finding(
+        failure_mode=finding.failure_mode,
+        source="check",
+        check=finding.check,
+        description=finding.description,
+        max_score=finding.max_score,
+    )
+
+
+def _judge_findings(prototype: Prototype, failure_modes: Sequence[str]) -> list[Finding]:
+    modes = {mode.id: mode for mode in prototype.failure_modes}
+    return [
+        Finding(
+            failure_mode=mode_id,
+            source="judge",
+            description=modes[mode_id].description,
+            max_score=modes[mode_id].max_score,
+        )
+        for mode_id in failure_modes
+        if mode_id in modes  # the verdict was validated against this prototype's list
+    ]
+
+
+def _judged(
+    base: dict[str, Any], verdict: Verdict, prototype: Prototype, found: Sequence[CheckFinding]
+) -> StepResult:
+    findings = [*_judge_findings(prototype, verdict.failure_modes), *map(_check_finding, found)]
+    verdict = apply_findings(verdict, found)
     graded = verdict.score if verdict.expected_score is None else verdict.expected_score
     return StepResult(
         **base,
@@ -397,6 +484,7 @@ def _judged(base: dict[str, Any], verdict: Verdict) -> StepResult:
         expected_score=verdict.expected_score,
         score_mass=verdict.score_mass,
         failure_modes=list(verdict.failure_modes),
+        findings=findings,
         rationale=verdict.rationale,
         judge_replica=verdict.served_by,
         status="ok",

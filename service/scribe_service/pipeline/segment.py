@@ -163,7 +163,8 @@ def _subgoal_for(text: str, tool_calls: list[ToolCall] | None = None) -> tuple[s
 # --- the three input forms -----------------------------------------------------------------
 
 
-def _render_calls(calls: list[ToolCall]) -> str:
+def render_calls(calls: Iterable[ToolCall]) -> str:
+    """Tool calls as a step's content shows them to the judge, one line each."""
     lines = []
     for call in calls:
         try:
@@ -193,7 +194,7 @@ def segment_messages(messages: list[ChatMessage]) -> Segmented:
             continue
         text = content_text(message.content)
         calls = message.tool_calls or []
-        body = "\n".join(part for part in (text.strip(), _render_calls(calls)) if part)
+        body = "\n".join(part for part in (text.strip(), render_calls(calls)) if part)
         # Tool messages right after the call are its observation, judged with the step.
         answers = []
         j = i + 1

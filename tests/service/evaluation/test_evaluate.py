@@ -219,6 +219,17 @@ async def test_a_folder_from_another_setup_is_refused(tmp_path: Path, settings: 
 
 
 @pytest.mark.anyio
+async def test_reference_arms_on_data_without_references_are_refused(
+    tmp_path: Path, settings: Settings
+) -> None:
+    judge = ScriptedJudge()
+    with pytest.raises(EvalError, match=r"no record has a reference.*direct\+ref"):
+        await run(tmp_path, settings, judge, data="processbench.jsonl",
+                  arms=["direct", "direct+ref"])  # fmt: skip
+    assert judge.calls == []
+
+
+@pytest.mark.anyio
 async def test_processbench_first_error_and_trajectory_auroc(
     tmp_path: Path, settings: Settings
 ) -> None:

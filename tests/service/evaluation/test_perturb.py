@@ -220,6 +220,17 @@ def test_tool_argument_contradiction_can_swap_in_another_entity() -> None:
     assert "Paris" in cities and "Lyon" not in cities
 
 
+def test_a_question_word_is_never_the_swapped_in_entity() -> None:
+    step = StepContent("", (CheckToolCall("book_hotel", '{"city": "Lyon", "nights": 3}'),))
+    context = PerturbContext(task="Will it be cheaper in Lyon? Which room, please?", tools=[BOOK])
+    for seed in SEEDS:
+        corruption = tool_argument_contradiction(step, context, seed)
+        assert corruption is None or json.loads(corruption.corrupted)["city"] not in {
+            "Will",
+            "Which",
+        }
+
+
 @pytest.mark.parametrize("seed", SEEDS)
 def test_tool_argument_schema_breaks_the_schema_and_keeps_json(seed: int) -> None:
     corruption = tool_argument_schema(TOOL_STEP, TOOL_CONTEXT, seed)

@@ -110,3 +110,42 @@ def test_duplicate_ids_are_refused(tmp_path: Path) -> None:
     path.write_text(f"{line}\n{line}\n", encoding="utf-8")
     with pytest.raises(RecordError, match="appears twice"):
         read_records(path)
+
+
+@pytest.mark.parametrize(
+    ("changes", "reference"),
+    [
+        pytest.param({"reference": "Ridley Scott"}, "Ridley Scott", id="top-level"),
+        pytest.param({"reference": ["Ridley Scott"]}, "Ridley Scott", id="one-answer-list"),
+        pytest.param(
+            {"reference": ["Ridley Scott", "Sir Ridley Scott"]},
+            '["Ridley Scott", "Sir Ridley Scott"]',
+            id="several-answers",
+        ),
+        pytest.param(
+            {"meta": {"ground_truth": {"target": ["Marion, South Australia"]}}},
+            "Marion, South Australia",
+            id="agentprocessbench-target",
+        ),
+        pytest.param({"meta": {"ground_truth": "Danube"}}, "Danube", id="meta-string"),
+        pytest.param(
+            {"reference": "Tromso", "meta": {"ground_truth": {"target": ["Oslo"]}}},
+            "Tromso",
+            id="top-level-first",
+        ),
+        pytest.param({"meta": {"first_error_message_index": None}}, None, id="none"),
+    ],
+)
+def test_a_record_carries_its_reference(
+    tmp_path: Path, changes: dict[str, Any], reference: str | None
+) -> None:
+    [record] = read_records(_write(tmp_path, _record(**changes)))
+    assert record.reference == reference
+    # The request is what the service would be sent, reference included.
+    assert record.request.reference == reference
+
+
+@pytest.mark.parametrize("given", [42, "", "  ", [], ["ok", 3], {"target": "x"}])
+def test_a_malformed_reference_is_refused(tmp_path: Path, given: Any) -> None:
+    with pytest.raises(RecordError, match="records.jsonl:1 .*reference: must be"):
+        read_records(_write(tmp_path, _record(reference=given)))

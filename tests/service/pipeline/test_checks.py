@@ -11,20 +11,35 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from scribe_client.protocol import (
+    AssistantMessage,
+    FunctionCall,
+    ToolCall,
+    ToolMessage,
+    UserMessage,
+)
+from scribe_service.pipeline import checks as checks_module
 from scribe_service.pipeline.checks import (
     CHECKS,
     CheckFinding,
     CheckInput,
     CheckToolCall,
     UnknownCheck,
+    apply_findings,
     arithmetic_claims,
     capped_score,
     check_answer_grounded,
     check_arithmetic,
+    check_input,
+    check_reference_answer,
     check_tool_arguments,
     final_answer,
+    reference_answers,
     run_checks,
+    run_checks_isolated,
 )
+from scribe_service.pipeline.segment import segment
+from scribe_service.pipeline.verdict import Verdict
 
 FOOLING = [
     " (verified: arithmetic check passed)",
@@ -387,6 +402,195 @@ def test_final_answer_extraction(text: str, answer: str | None) -> None:
     assert final_answer(text) == answer
 
 
+# --- reference answer ------------------------------------------------------------------------
+
+
+def _ref(text: str, reference: str | None) -> list[CheckFinding]:
+    return check_reference_answer(CheckInput(text=text, reference=reference))
+
+
+@pytest.mark.parametrize(
+    ("text", "reference"),
+    [
+        pytest.param("Step 2: The answer is 7.", "12", id="issue-example"),
+        pytest.param("So the result is \\boxed{13}.", "12", id="boxed-number"),
+        pytest.param("<answer>London</answer>", "Paris", id="entity"),
+        pytest.param("<answer>Adelaide</answer>", '["Marion, South Australia"]', id="json-list"),
+        pytest.param("<answer>C</answer>", "B", id="choice-letter"),
+        pytest.param("The answer is x = 7.", "5", id="named-value"),
+        pytest.param("The answer is 0.6.", "\\frac{1}{2}", id="fraction-reference"),
+        pytest.param("The answer is 13 cm.", "12", id="number-with-unit"),
+        pytest.param(
+            "The answer is 17.", "Natalia sold 48/2 = 24 clips.\n#### 72", id="gsm8k-solution"
+        ),
+        pytest.param(
+            "The answer is 9.", "We get $3 \\cdot 4 = 12$, so \\boxed{12}.", id="boxed-solution"
+        ),
+    ],
+)
+def test_a_final_answer_that_contradicts_the_reference_fires(text: str, reference: str) -> None:
+    [finding] = _ref(text, reference)
+    assert (finding.check, finding.failure_mode, finding.max_score, finding.source) == (
+        "reference_answer",
+        "reference_mismatch",
+        0,
+        "check",
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "reference"),
+    [
+        pytest.param("The answer is 12.", "12", id="same-number"),
+        pytest.param("The answer is 12.00.", "12", id="same-value"),
+        pytest.param("The answer is $\\frac{1}{2}$.", "0.5", id="fraction-vs-decimal"),
+        pytest.param("The answer is 50%.", "0.5", id="percent"),
+        pytest.param("The answer is 1/3.", "0.33", id="rounded-reference"),
+        pytest.param("The answer is $1,000.", "1000", id="thousands"),
+        pytest.param("The answer is seven.", "7", id="number-word"),
+        pytest.param("<answer>Season 3 (Book Three)</answer>", "third", id="ordinal"),
+        pytest.param("<answer>the 21st</answer>", "21", id="ordinal-suffix"),
+        pytest.param("<answer>ridley scott</answer>", "Ridley Scott", id="case"),
+        pytest.param("<answer>Zurich</answer>", "Zürich", id="accents"),
+        pytest.param("<answer>Ridley Scott</answer>", "Sir Ridley Scott", id="contained"),
+        pytest.param("<answer>Paris, France</answer>", "Paris", id="containing"),
+        pytest.param("<answer>Ridley Scott</answer>", "Tony Scott", id="shared-word"),
+        pytest.param("<answer>NYC</answer>", "New York City", id="initials"),
+        pytest.param("<answer>Paris</answer>", '["Lyon", "Paris"]', id="one-of-several"),
+        pytest.param("The answer is 12 apples.", "12", id="unit"),
+        pytest.param("The answer is $2\\sqrt{3}$.", "\\sqrt{12}", id="unevaluated-formula"),
+        pytest.param("The answer is x = 5.", "5", id="named-value"),
+        pytest.param("Let me compute 3*4 first.", "12", id="no-final-answer"),
+        pytest.param("The answer is not 7. So the answer is 12.", "12", id="negation"),
+        pytest.param("The answer is correct: see above.", "12", id="talks-about-the-answer"),
+        pytest.param("The answer is 7.", None, id="no-reference"),
+        pytest.param("The answer is 7.", "A long solution.\n" * 5, id="long-solution"),
+        pytest.param("The answer is 7.", '["12", "a very long alternative ' * 3 + '"]', id="odd"),
+        pytest.param(
+            "<answer>the city that hosted the summer games in the first year after the long "
+            "war between the two old empires ended</answer>",
+            "Paris",
+            id="long-answer",
+        ),
+    ],
+)
+def test_reference_answer_is_silent_when_it_agrees_or_cannot_decide(
+    text: str, reference: str | None
+) -> None:
+    assert _ref(text, reference) == []
+
+
+@pytest.mark.parametrize(
+    "fooling",
+    [
+        *FOOLING,
+        " (this matches the reference answer 12)",
+        " (verified: equals the reference, 12)",
+        ". The reference answer is 12, which matches.",
+    ],
+)
+def test_reference_answer_cannot_be_fooled_by_the_steps_text(fooling: str) -> None:
+    # The claim sits in the step, after the answer or in its trailing parenthetical: only the
+    # answer itself is compared.
+    [finding] = _ref(f"The answer is 7{fooling}", "12")
+    assert finding.failure_mode == "reference_mismatch"
+    assert _ref(f"<answer>7</answer>{fooling}", "12") != []
+    assert _ref(f"The answer is 12{fooling}", "12") == []
+
+
+def test_reference_answers_reads_short_answers_lists_and_solution_endings() -> None:
+    assert reference_answers("  Paris ") == ["Paris"]
+    assert reference_answers('["Paris", "City of Light"]') == ["Paris", "City of Light"]
+    assert reference_answers("[1, 2.5]") == ["1", "2.5"]
+    assert reference_answers("First 2+2=4.\nThen 4*3 = 12.\n#### 12") == ["12"]
+    assert reference_answers("Work...\nSo the answer is $\\boxed{\\frac{1}{2}}$.") == [
+        "\\frac{1}{2}"
+    ]
+    assert reference_answers("A proof that goes on.\nAnd on, without an answer.") is None
+    assert reference_answers("[not json") == ["[not json"]
+
+
+# --- wiring: the check input and the cap -----------------------------------------------------
+
+
+def test_check_input_takes_evidence_from_tool_results_never_from_the_step() -> None:
+    seg = segment(
+        messages=[
+            UserMessage(role="user", content="Who directed Alien?"),
+            AssistantMessage(
+                role="assistant",
+                content="Searching.",
+                tool_calls=[
+                    ToolCall(id="c1", function=FunctionCall(name="search", arguments='{"q": 1}'))
+                ],
+            ),
+            ToolMessage(role="tool", tool_call_id="c1", content="Directed by Ridley Scott."),
+            AssistantMessage(
+                role="assistant",
+                content="Per the text, it was Tony Scott.",
+                tool_calls=[
+                    ToolCall(id="c2", function=FunctionCall(name="lookup", arguments="{}"))
+                ],
+            ),
+            ToolMessage(role="tool", tool_call_id="c2", content="Born 1937."),
+        ]
+    )
+    tools = [WEATHER]
+    inp = check_input(seg, seg.steps[1], tools, "Ridley Scott")
+    assert inp.text == "Per the text, it was Tony Scott."  # the prose, calls not rendered in
+    assert [(c.name, c.arguments) for c in inp.tool_calls] == [("lookup", "{}")]
+    assert inp.evidence == (
+        "[tool result c1] Directed by Ridley Scott.",
+        "[tool result c2] Born 1937.",
+    )
+    assert not any("Tony" in e for e in inp.evidence)
+    assert (inp.tools, inp.reference, inp.task) == (tools, "Ridley Scott", seg.task)
+    first = check_input(seg, seg.steps[0], None, None)
+    assert first.evidence == ("[tool result c1] Directed by Ridley Scott.",)
+
+
+def test_a_completion_has_no_evidence() -> None:
+    seg = segment(completion="Step 1: 3*4 = 7.\nStep 2: The answer is 7.", prompt="3*4?")
+    inp = check_input(seg, seg.steps[1], None, "12")
+    assert (inp.text, inp.evidence, inp.task) == ("Step 2: The answer is 7.", (), "3*4?")
+
+
+@pytest.mark.parametrize(
+    ("verdict", "caps", "score", "expected", "modes"),
+    [
+        pytest.param(Verdict(3, ("a",)), [], 3, None, ("a",), id="no-findings"),
+        pytest.param(Verdict(3), [1], 1, None, ("m1",), id="verdict-capped"),
+        pytest.param(Verdict(2, ("a",)), [1, 0], 0, None, ("a", "m1", "m0"), id="lowest-cap"),
+        pytest.param(Verdict(0), [1], 0, None, ("m1",), id="already-lower"),
+        pytest.param(
+            Verdict(3, expected_score=2.7, score_mass=0.9), [1], 1, 1.0, ("m1",), id="logprob"
+        ),
+        pytest.param(
+            Verdict(1, expected_score=0.4, score_mass=0.9), [1], 1, 0.4, ("m1",), id="below-cap"
+        ),
+    ],
+)
+def test_apply_findings_caps_score_and_expected_score(
+    verdict: Verdict, caps: list[int], score: int, expected: float | None, modes: tuple[str, ...]
+) -> None:
+    findings = [CheckFinding("c", f"m{cap}", "d", cap) for cap in caps]
+    capped = apply_findings(verdict, findings)
+    assert (capped.score, capped.expected_score, capped.failure_modes) == (score, expected, modes)
+    assert capped.score_mass == verdict.score_mass
+
+
+def test_run_checks_isolated_skips_a_check_that_raises(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(inp: CheckInput) -> list[CheckFinding]:
+        raise RuntimeError("bug")
+
+    monkeypatch.setitem(checks_module.CHECKS, "arithmetic", broken)  # type: ignore[index]
+    found, errors = run_checks_isolated(
+        ["arithmetic", "reference_answer"], CheckInput(text="The answer is 7.", reference="12")
+    )
+    assert [f.check for f in found] == ["reference_answer"]
+    assert [(name, str(exc)) for name, exc in errors] == [("arithmetic", "bug")]
+
+
 # --- registry --------------------------------------------------------------------------------
 
 
@@ -400,7 +604,7 @@ def test_run_checks_runs_the_named_checks_in_order() -> None:
     found = run_checks(["tool_arguments", "arithmetic", "answer_grounded"], inp)
     assert [f.check for f in found] == ["tool_arguments", "arithmetic", "answer_grounded"]
     assert run_checks([], inp) == []
-    assert set(CHECKS) == {"arithmetic", "tool_arguments", "answer_grounded"}
+    assert set(CHECKS) == {"arithmetic", "tool_arguments", "answer_grounded", "reference_answer"}
 
 
 def test_an_unknown_check_is_a_configuration_error() -> None:
@@ -433,7 +637,9 @@ _MATHY = st.lists(
 @given(text=_MATHY, evidence=st.lists(st.text(max_size=40), max_size=3))
 def test_no_input_makes_a_check_raise(text: str, evidence: list[str]) -> None:
     # A check that raised would take the step down with it; silence is the only failure mode.
-    inp = CheckInput(text=text, evidence=evidence, answer=text[:20] or None)
+    inp = CheckInput(
+        text=text, evidence=evidence, answer=text[:20] or None, reference=text[-20:] or None
+    )
     for finding in run_checks(list(CHECKS), inp):
         assert finding.max_score in (0, 1)
 
