@@ -401,6 +401,20 @@ class StepResult(StepRoute):
         description="Logprob mode: the probability the judge put on the four score tokens "
         "before renormalising; null in verdict mode.",
     )
+    judge_score: int | None = Field(
+        default=None,
+        ge=0,
+        le=3,
+        description="The judge's own score (after its own failure modes) when a deterministic "
+        "check capped `score` below it; null when no check capped the verdict.",
+    )
+    judge_expected_score: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=3.0,
+        description="Logprob mode: the judge's own expected score when a check capped "
+        "`expected_score`; null otherwise.",
+    )
     failure_modes: list[str] = Field(
         default_factory=list,
         description="Ids of the failure modes found, by the judge and by the checks (the ids "

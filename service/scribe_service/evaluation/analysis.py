@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -128,6 +128,7 @@ def arm_labels_summary(units: Sequence[Unit], cfg: Config) -> dict[str, Any]:
         "not_judged": sum(u.n_steps for u in units) - len(lines),
         "failed_by_error": _count(s["error"] for s in lines if s["status"] != "ok"),
         "incomplete_trajectories": sum(u.rewards() is None for u in units),
+        "capped_by_check": capped_count(lines),
     }
     metrics: dict[str, Any] = {}
 
@@ -190,6 +191,20 @@ def arm_labels_summary(units: Sequence[Unit], cfg: Config) -> dict[str, Any]:
 
 def _finite(value: float) -> float | None:
     return value if math.isfinite(value) else None
+
+
+def capped_count(lines: Iterable[Line]) -> int:
+    """Judged steps whose score a deterministic check capped below the judge's own."""
+    return sum(bool(line.get("capped_by_check")) for line in lines if line["status"] == "ok")
+
+
+def judge_reward(line: Line) -> float:
+    """A judged step's reward from the judge alone, before the checks capped it (lines from
+    before the `judge_*` fields count as uncapped)."""
+    if not line.get("capped_by_check"):
+        return float(line["reward"])
+    expected = line.get("judge_expected_score")
+    return float(line["judge_score"] if expected is None else expected) / aggregate.MAX_SCORE
 
 
 def _count(values: Any) -> dict[str, int]:

@@ -31,7 +31,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, Literal, Protocol, cast
 
 from pydantic import ValidationError
 
@@ -147,6 +147,20 @@ class Outcome:
     """The prototype whose rubric (or the arm whose prompt) was used."""
     findings: tuple[str, ...] = ()
     """Ids of the failure modes the deterministic checks found (they cap the score)."""
+    judge_score: int | None = None
+    """The judge's own score, before the checks capped it; None when no check capped it."""
+    judge_expected_score: float | None = None
+    """Logprob mode: the judge's own expected score, before the checks; None as above."""
+
+    @property
+    def capped_by_check(self) -> bool:
+        return self.judge_score is not None
+
+
+class StepScorer(Protocol):
+    """Judges an arm's step elsewhere: the `scribe` arms through a running service (`--url`)."""
+
+    async def judge(self, arm: ArmName, item: StepItem, mode: JudgeMode) -> Outcome: ...
 
 
 # --- RaR: instance rubrics -----------------------------------------------------------------
@@ -328,10 +342,13 @@ class Arms:
         *,
         max_step_chars: int,
         max_context_chars: int,
+        service: StepScorer | None = None,
     ) -> None:
         self.library = library
         self.templates = dict(templates)
         self.rubrics = rubrics
+        self.service = service
+        """When given, the `scribe` arms are judged by it (a running service), not here."""
         self._max_step_chars = max_step_chars
         self._max_context_chars = max_context_chars
         self._direct_library = replace(
@@ -355,7 +372,10 @@ class Arms:
             return self._direct_library, DIRECT
         return self.library, await self.rubrics.get(item.task, judge, self.templates)
 
-    async def judge(self, arm: ArmName, item: StepItem, judge: Judge, mode: JudgeMode) -> Outcome:
+    async def judge(
+        self, arm: ArmName, item: StepItem, judge: Judge | None, mode: JudgeMode
+    ) -> Outcome:
+        """One step's judgment by `arm`; `judge` may be None only for arms `service` judges."""
         base, with_reference = split_arm(arm)
         if with_reference and item.reference is None:
             return Outcome(
@@ -363,6 +383,10 @@ class Arms:
                 error="no_reference",
                 message="the record has no reference (`reference` or meta.ground_truth)",
             )
+        if self.service is not None and base == "scribe":
+            return await self.service.judge(arm, item, mode)
+        if judge is None:
+            raise ValueError(f"arm {arm} needs a judge and was given none")
         reference = item.reference if with_reference else None
         try:
             library, prototype = await self._prompt(base, item, judge)
@@ -384,7 +408,9 @@ class Arms:
             verdict = await judge.verdict(messages, prototype, mode)
         except JudgeError as exc:
             return Outcome("failed", error=exc.type, message=str(exc), findings=ids)
+        judged = verdict
         verdict = apply_findings(verdict, found)
+        capped = (verdict.score, verdict.expected_score) != (judged.score, judged.expected_score)
         graded = verdict.score if verdict.expected_score is None else verdict.expected_score
         return Outcome(
             "ok",
@@ -393,6 +419,8 @@ class Arms:
             reward=aggregate.step_reward(graded),
             rubric=prototype.id,
             findings=ids,
+            judge_score=judged.score if capped else None,
+            judge_expected_score=judged.expected_score if capped else None,
         )
 
     def check(

@@ -41,6 +41,7 @@ def _run(args: argparse.Namespace) -> int:
         logprob_repeats=getattr(args, "logprob_repeats", 0),
         concurrency=args.concurrency,
         quiet=args.quiet,
+        url=getattr(args, "url", None),
     )
     asyncio.run(evaluate(options, Settings(**overrides)))
     return 0
@@ -170,7 +171,14 @@ def add_eval_parser(commands: Any) -> None:
     labels = sub.add_parser("labels", help="AUROC, agreement, first-error F1 per arm")
     _common(labels)
     labels.add_argument(
-        "--judge-mode", choices=("verdict", "logprob"), help="default SCRIBE_JUDGE_MODE"
+        "--judge-mode",
+        choices=("verdict", "logprob"),
+        help="default SCRIBE_JUDGE_MODE (with --url: sent with every request)",
+    )
+    labels.add_argument(
+        "--url",
+        help="a running service (e.g. http://127.0.0.1:8000) that judges the scribe arms; "
+        "the other arms then need --judge-url, the judge server that service uses",
     )
     consistency = sub.add_parser("consistency", help="repeated and cross-instance consistency")
     _common(consistency)

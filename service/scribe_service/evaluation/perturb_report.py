@@ -22,14 +22,15 @@ PLOTS = {
 
 
 def _rows(summary: Mapping[str, Any]) -> list[list[str]]:
-    rows = [["corruption", "arm", "pairs", "failed", "ties", "detection",
+    rows = [["corruption", "arm", "pairs", "failed", "ties", "detection", "judge alone",
              "mean drop (reward 0-1)", "mean drop (score 0-3)"]]  # fmt: skip
     for kind in summary["pairs"]:
         for arm, data in summary["arms"].items():
             entry = data["kinds"][kind]
             rows.append(
                 [kind, arm, str(entry["n"]), str(entry["failed"]), str(entry["ties"]),
-                 fmt(entry["detection"]), fmt(entry["mean_drop"]), fmt(entry["mean_drop_score"])]
+                 fmt(entry["detection"]), fmt(entry.get("detection_by_judge")),
+                 fmt(entry["mean_drop"]), fmt(entry["mean_drop_score"])]
             )  # fmt: skip
     return rows
 
@@ -61,7 +62,9 @@ def write_report(out: Path, summary: Mapping[str, Any], plots: Sequence[str]) ->
         f"{summary['corruption_seed']}. Each pair is a step under test (labelled +1, or every "
         "step of an unlabelled record) and one corrupted twin, judged by the same arm in the "
         "same context. Detection: share of pairs where the twin's reward is strictly lower "
-        "(a tie is no detection). Mean drop: original minus twin. Values with bootstrap 95 % "
+        "(a tie is no detection); judge alone: the same from the judge's own scores, before "
+        "the deterministic checks capped them. Mean drop: original minus twin. Values with "
+        "bootstrap 95 % "
         "intervals (records resampled) and the number of pairs; a pair with either side "
         "failed is counted in `failed` and left out, never scored. See docs/perturb.md.",
         "",

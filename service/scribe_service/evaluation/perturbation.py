@@ -33,6 +33,7 @@ from rich.console import Console
 from scribe_client.protocol import ToolMessage, UserMessage, content_text
 from scribe_service.evaluation import metrics as m
 from scribe_service.evaluation import perturb_report
+from scribe_service.evaluation.analysis import capped_count, judge_reward
 from scribe_service.evaluation.arms import (
     ArmName,
     Arms,
@@ -273,6 +274,10 @@ class PairResult:
     original: float | None = None
     """The original's reward (0..1); None unless both sides were judged."""
     corrupted: float | None = None
+    judge_original: float | None = None
+    """The original's reward from the judge alone, before the checks capped it (None: as
+    `original`)."""
+    judge_corrupted: float | None = None
 
 
 def pair_results(
@@ -295,7 +300,12 @@ def pair_results(
             out.append(PairResult(rid, pair.kind, status))
             continue
         original, corrupted = (float(side["reward"]) for side in sides if side is not None)
-        out.append(PairResult(rid, pair.kind, "ok", original, corrupted))
+        judge_original, judge_corrupted = (
+            judge_reward(s) if s.get("capped_by_check") else None for s in sides if s is not None
+        )
+        out.append(
+            PairResult(rid, pair.kind, "ok", original, corrupted, judge_original, judge_corrupted)
+        )
     return out
 
 
@@ -303,6 +313,20 @@ def detection(results: Sequence[PairResult]) -> float | None:
     """Share of judged pairs whose corrupted twin got a strictly lower reward."""
     ok = [r for r in results if r.status == "ok"]
     return m.mean([float(_lower(r)) for r in ok])
+
+
+def detection_by_judge(results: Sequence[PairResult]) -> float | None:
+    """`detection` from the judge's own rewards: what the judge saw without the checks."""
+    return detection(
+        [
+            replace(
+                r,
+                original=r.original if r.judge_original is None else r.judge_original,
+                corrupted=r.corrupted if r.judge_corrupted is None else r.judge_corrupted,
+            )
+            for r in results
+        ]
+    )
 
 
 def mean_drop(results: Sequence[PairResult]) -> float | None:
@@ -351,6 +375,7 @@ def kind_summary(results: Sequence[PairResult], n_resamples: int, seed: int) -> 
         "not_judged": sum(r.status == "not_judged" for r in results),
         "ties": sum(r.original == r.corrupted for r in ok),
         "detection": boot(detection),
+        "detection_by_judge": boot(detection_by_judge),
         "mean_drop": drop,
         "mean_drop_score": _in_score_units(drop),
     }
@@ -372,9 +397,11 @@ def arm_summary(
     seed: int,
 ) -> dict[str, Any]:
     results = pair_results(pairs, lines, arm, mode)
+    mine = [line for line in lines.values() if line["arm"] == arm and line["mode"] == mode]
     return {
         "n": sum(r.status == "ok" for r in results),
         "failed": sum(r.status == "failed" for r in results),
+        "capped_by_check": capped_count(mine),
         "kinds": {
             kind: kind_summary([r for r in results if r.kind == kind], n_resamples, seed)
             for kind in kinds

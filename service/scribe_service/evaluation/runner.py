@@ -56,7 +56,17 @@ class Job:
     item: StepItem
     mode: JudgeMode
     repeat: int
-    judge: Judge
+    judge: Judge | None
+    """None: the arm is judged by a running service (`--url`), sampling as `service_sampling`."""
+    service_sampling: Sampling | None = None
+
+    @property
+    def sampling(self) -> Sampling:
+        if self.judge is not None:
+            return self.judge.sampling(self.mode)
+        if self.service_sampling is None:
+            raise EvalError(f"job {self.key} has neither a judge nor the service's sampling")
+        return self.service_sampling
 
     @property
     def key(self) -> str:
@@ -145,7 +155,9 @@ async def route_records(pipeline: Pipeline, records: Sequence[Record]) -> list[l
     offset = 0
     for record, seg in zip(records, segmented, strict=True):
         count = len(seg.steps)
-        routes = pipeline.index.route(vectors[offset : offset + count], pipeline.min_similarity)
+        routes = pipeline.index.route(
+            vectors[offset : offset + count], pipeline.min_similarity, seg.steps
+        )
         offset += count
         items.append(
             [
@@ -195,7 +207,7 @@ class RateColumn(ProgressColumn):
 
 def judgment_line(job: Job, outcome: Outcome, record: Record) -> dict[str, Any]:
     step, route = job.item.step, job.item.route
-    sampling = job.judge.sampling(job.mode)
+    sampling = job.sampling
     return {
         "kind": job.kind,
         "record_id": job.item.record_id,
@@ -217,6 +229,9 @@ def judgment_line(job: Job, outcome: Outcome, record: Record) -> dict[str, Any]:
         "error": outcome.error,
         "error_message": outcome.message,
         "findings": list(outcome.findings),
+        "judge_score": outcome.judge_score,
+        "judge_expected_score": outcome.judge_expected_score,
+        "capped_by_check": outcome.capped_by_check,
         "human_label": None
         if step.message_index is None
         else record.step_labels.get(step.message_index),
@@ -226,6 +241,8 @@ def judgment_line(job: Job, outcome: Outcome, record: Record) -> dict[str, Any]:
 async def _judge(job: Job, arms: Arms) -> Outcome:
     try:
         return await arms.judge(job.arm, job.item, job.judge, job.mode)
+    except EvalError:
+        raise  # the run cannot go on as asked (e.g. the service segments otherwise)
     except Exception as exc:  # a bug fails this judgment visibly, never the whole run
         log.exception("judgment %s failed unexpectedly", job.key)
         return Outcome("failed", error="internal", message=f"{type(exc).__name__}: {exc}")
@@ -260,20 +277,31 @@ async def run_jobs(
     )
     with Progress(*columns, console=console, disable=quiet) as progress:
         bar = progress.add_task("judging", total=len(todo))
+        stopped: list[EvalError] = []
 
         async def worker() -> None:
-            while not queue.empty():
+            while not queue.empty() and not stopped:
                 job = queue.get_nowait()
-                outcome = await _judge(job, arms)
+                try:
+                    outcome = await _judge(job, arms)
+                except EvalError as exc:
+                    # The other workers finish their job in hand (it is written) and stop.
+                    stopped.append(exc)
+                    return
                 judgments.append(judgment_line(job, outcome, records[job.item.record_id]))
                 progress.advance(bar)
 
         await asyncio.gather(*(worker() for _ in range(max(1, min(workers, len(todo))))))
+    if stopped:
+        raise stopped[0]
     return len(todo)
 
 
 def labels_jobs(
-    items: Sequence[Sequence[StepItem]], arms: Sequence[ArmName], judge: Judge, mode: JudgeMode
+    items: Sequence[Sequence[StepItem]],
+    arms: Sequence[ArmName],
+    judge: Judge | None,
+    mode: JudgeMode,
 ) -> list[Job]:
     # Arm-major: a run stopped early has whole arms rather than a little of each.
     return [

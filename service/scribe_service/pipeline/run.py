@@ -231,7 +231,7 @@ class Pipeline:
             routed, offset = [], 0
             for item, threshold in zip(segmented, thresholds, strict=True):
                 count = len(item.steps)
-                routes = self.index.route(vectors[offset : offset + count], threshold)
+                routes = self.index.route(vectors[offset : offset + count], threshold, item.steps)
                 routed.append(Routed(item, routes))
                 offset += count
         self.metrics.fallback_routes.inc(sum(r.fallback for item in routed for r in item.routes))
@@ -475,13 +475,17 @@ def _judged(
     base: dict[str, Any], verdict: Verdict, prototype: Prototype, found: Sequence[CheckFinding]
 ) -> StepResult:
     findings = [*_judge_findings(prototype, verdict.failure_modes), *map(_check_finding, found)]
+    judged = verdict
     verdict = apply_findings(verdict, found)
+    capped = (verdict.score, verdict.expected_score) != (judged.score, judged.expected_score)
     graded = verdict.score if verdict.expected_score is None else verdict.expected_score
     return StepResult(
         **base,
         score=verdict.score,
         reward=aggregate.step_reward(graded),
         expected_score=verdict.expected_score,
+        judge_score=judged.score if capped else None,
+        judge_expected_score=judged.expected_score if capped else None,
         score_mass=verdict.score_mass,
         failure_modes=list(verdict.failure_modes),
         findings=findings,

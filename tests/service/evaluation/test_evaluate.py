@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -318,3 +319,61 @@ async def test_logprob_mode_judges_every_arm_by_the_score_digit(
     lines = judgment_lines(tmp_path)
     assert all(x["mode"] == "logprob" and x["expected_score"] is not None for x in lines)
     assert result.summary["setup"]["mode"] == "logprob"
+
+
+ARITHMETIC = {
+    "id": "fixture/arith-1",
+    "task": "What is 17 + 25?",
+    "messages": [
+        {"role": "user", "content": "What is 17 + 25?"},
+        {"role": "assistant", "content": "Adding them: 17 + 25 = 43."},
+        {"role": "assistant", "content": "<answer>43</answer>"},
+    ],
+    "step_labels": {"1": -1, "2": -1},
+}
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("mode", ["verdict", "logprob"])
+async def test_a_check_cap_keeps_the_judge_score_beside_it(
+    tmp_path: Path, settings: Settings, mode: str
+) -> None:
+    data = tmp_path / "arith.jsonl"
+    data.write_text(json.dumps(ARITHMETIC) + "\n", encoding="utf-8")
+    settings = settings.model_copy(update={"judge_mode": mode})
+    out = tmp_path / "out"
+    result = await run(out, settings, ScriptedJudge(), data=data, arms=["generic", "direct"])
+    lines = {(line["step"], line["arm"]): line for line in judgment_lines(out)}
+    # The judge gives 3; the generic rubric's arithmetic check caps the wrong sum at 1.
+    capped = lines[0, "generic"]
+    assert (capped["score"], capped["judge_score"], capped["capped_by_check"]) == (1, 3, True)
+    assert capped["findings"] == ["arithmetic_error"]
+    if mode == "logprob":
+        assert capped["expected_score"] == 1.0
+        assert capped["judge_expected_score"] == pytest.approx(
+            (3 * math.exp(-0.1) + math.exp(-3.0)) / (math.exp(-0.1) + math.exp(-3.0)), abs=1e-4
+        )  # the verdict keeps 4 decimals
+    else:
+        assert capped["judge_expected_score"] is None
+    assert capped["reward"] == pytest.approx(1 / 3)
+    assert analysis.judge_reward(capped) == pytest.approx((capped["judge_expected_score"] or 3) / 3)
+    # `direct` runs no checks; the answer step claims no sum: neither is capped.
+    for key in ((0, "direct"), (1, "generic"), (1, "direct")):
+        line = lines[key]
+        assert (line["score"], line["judge_score"], line["capped_by_check"]) == (3, None, False)
+    arms = result.summary["arms"]
+    assert (arms["generic"]["capped_by_check"], arms["direct"]["capped_by_check"]) == (1, 0)
+
+
+def test_detection_by_the_judge_alone_ignores_the_checks_caps() -> None:
+    from scribe_service.evaluation.perturbation import PairResult, detection, detection_by_judge
+
+    results = [
+        # The check caught the twin: detected, though the judge gave both sides 3.
+        PairResult("r1", "k", "ok", 1.0, 1 / 3, judge_corrupted=1.0),
+        # The judge caught it itself.
+        PairResult("r2", "k", "ok", 1.0, 0.0),
+        PairResult("r3", "k", "failed"),
+    ]
+    assert detection(results) == 1.0
+    assert detection_by_judge(results) == 0.5
