@@ -94,7 +94,9 @@ async def judge_prompts(data: Path, count: int) -> tuple[Pipeline, list[Prompt],
     for source in (record, math):
         segmented = segment(messages=_messages(source))
         routes = pipeline.index.route(
-            pipeline.embedder.encode([s.subgoal for s in segmented.steps]), pipeline.min_similarity
+            pipeline.embedder.encode([s.subgoal for s in segmented.steps]),
+            pipeline.min_similarity,
+            segmented.steps,
         )
         for step, route in zip(segmented.steps, routes, strict=True):
             messages = render_messages(

@@ -35,6 +35,9 @@ _ID = r"^[a-z][a-z0-9_]*$"
 Domain = Literal["math", "tool_use", "search_qa", "general"]
 
 
+Signal = Literal["final_answer", "tool_call"]
+
+
 class LibraryError(Exception):
     """The prototype library cannot be loaded; the message names the file and field."""
 
@@ -63,6 +66,9 @@ class Prototype(BaseModel):
     exemplars: tuple[str, ...] = ()
     checks: tuple[str, ...] = ()
     """Deterministic checks run on every step routed here (`pipeline/checks.py`)."""
+    requires: tuple[Signal, ...] = ()
+    """What a step must show to be routed here (`retrieve.step_signals`): a rubric that grades
+    a final answer cannot grade a step that states none, however close its subgoal reads."""
 
     @field_validator("checks")
     @classmethod
