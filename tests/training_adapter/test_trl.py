@@ -4,14 +4,21 @@ HTTP (fake embedder and judge; tests/trainers runs the real trainer)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
+import json
 import re
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+from transformers import TrainerState
 
 from scribe_adapters.trl import AsyncScribeReward, ScribeReward
-from support import FakeJudge
+from scribe_service.app import create_app
+from scribe_service.settings import Settings
+from support import PROTOTYPES, FakeEmbedder, FakeJudge, uvicorn_in_thread
 
 PROMPTS = ["What is 2 + 2?", "What is 3 * 5?"]
 COMPLETIONS = ["Step 1: add.\n2 + 2 = 4\nStep 2: answer.\n4", "3 * 5 = 15."]
@@ -222,3 +229,55 @@ def test_the_reference_can_be_switched_off(make: Any, service_url: str, judge: F
     reward = make(service_url, reference_column=None)
     call(reward, PROMPTS, COMPLETIONS, solution=["4", "15"], ground_truth=["4", "15"])
     assert shown(judge, before) == [("2 + 2", None), ("2 + 2", None), ("3 * 5", None)]
+
+
+# --- metadata for the score log (training curves) -------------------------------------------
+
+
+@contextlib.contextmanager
+def logged_service(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """A service that writes the score log; the log is complete once the block exits (the
+    app's shutdown drains the writer)."""
+    log = tmp_path / "scores.jsonl"
+    settings = Settings(prototypes_dir=PROTOTYPES, cache_dir=tmp_path / "cache", score_log=log)
+    app = create_app(settings, embedder=FakeEmbedder(), judge_backend=FakeJudge(score=3))
+    with uvicorn_in_thread(app, timeout=20) as url:
+        yield url, log
+
+
+def logged_metadata(log: Path) -> list[Any]:
+    return [json.loads(line)["metadata"] for line in log.read_text().splitlines()]
+
+
+def test_every_request_carries_the_trainers_step_and_the_run(make: Any, tmp_path: Path) -> None:
+    with logged_service(tmp_path) as (url, log):
+        reward = make(url, metadata={"run": "grpo-7", "global_step": -1})
+        # What GRPOTrainer passes: its `TrainerState`, global_step = optimizer steps so far.
+        first = call(reward, PROMPTS, COMPLETIONS, trainer_state=TrainerState(global_step=7))
+        second = call(
+            reward, PROMPTS[:1], COMPLETIONS[:1], trainer_state=TrainerState(global_step=8)
+        )
+    assert first == pytest.approx([1.0, 1.0]) and second == [pytest.approx(1.0)]
+    # One line per judged step: two, then one for the first batch; two for the second.
+    assert logged_metadata(log) == [
+        *[{"run": "grpo-7", "global_step": 7}] * 3,
+        *[{"run": "grpo-7", "global_step": 8}] * 2,
+    ]
+
+
+def test_without_a_trainer_state_only_the_given_metadata_goes(make: Any, tmp_path: Path) -> None:
+    with logged_service(tmp_path) as (url, log):
+        rewards = call(
+            make(url, metadata={"run": "grpo-7"}), PROMPTS, COMPLETIONS, trainer_state=None
+        )
+        # An older TRL, or a state without a step: nothing breaks, no step is made up.
+        rewards += call(make(url), PROMPTS[:1], COMPLETIONS[:1], trainer_state=object())
+    assert rewards == pytest.approx([1.0, 1.0, 1.0])
+    assert logged_metadata(log) == [*[{"run": "grpo-7"}] * 3, None, None]
+
+
+def test_metadata_the_service_would_refuse_fails_at_setup(make: Any) -> None:
+    with pytest.raises(ValueError, match="limit is 4096"):
+        make("http://unused", metadata={"note": "x" * 5000})
+    with pytest.raises(ValueError, match="not JSON"):
+        make("http://unused", metadata={"when": object()})

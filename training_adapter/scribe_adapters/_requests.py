@@ -90,15 +90,17 @@ def trajectory_request(
     outcome: float | None = None,
     options: ScoreOptions | None = None,
     reference: str | None = None,
+    metadata: dict[str, Any] | None = None,
 ) -> ScoreRequest:
     """One rollout as a request: text becomes `prompt` + `completion`, chat becomes `messages`;
     `reference` is the known answer (`scribe_client.reference.reference_text` of the ground
-    truth), which the judge checks each step against.
+    truth), which the judge checks each step against; `metadata` (e.g. the trainer's
+    `global_step`) is echoed and logged by the service.
 
     Raises pydantic's ``ValidationError`` for a rollout the service would refuse (an empty
     completion, no assistant message), so the caller can fail that one sample alone.
     """
-    body: dict[str, Any] = {"outcome": outcome, "reference": reference}
+    body: dict[str, Any] = {"outcome": outcome, "reference": reference, "metadata": metadata}
     if options is not None:
         body["options"] = options
     if isinstance(completion, str) and (prompt is None or isinstance(prompt, str)):

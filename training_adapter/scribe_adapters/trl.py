@@ -8,7 +8,8 @@ trainer = GRPOTrainer(
     model="Qwen/Qwen2.5-0.5B-Instruct",
     # Logged as rewards/scribe/mean. An `outcome` column in the dataset (a number in [0, 1],
     # e.g. answer correctness) makes each reward 0.7 * outcome + 0.3 * process reward.
-    reward_funcs=[AsyncScribeReward("http://scribe:8000")],
+    # `metadata` (optional) and TRL's step go with every request, for `scribe eval curves`.
+    reward_funcs=[AsyncScribeReward("http://scribe:8000", metadata={"run": "grpo-7"})],
     train_dataset=dataset,
     args=GRPOConfig(output_dir="out"),
 )
@@ -29,6 +30,10 @@ prompt × `num_generations` completions) in one `/v1/score/batch` call.
   dataset column present of ``reference_column`` (default ``("reference", "ground_truth",
   "solution", "answer")``; one name, or None to send none); a list of acceptable answers is
   sent as a JSON array.
+* Every request carries ``metadata`` for the service's score log and ``scribe eval curves``
+  (docs/score-log.md): the adapter's ``metadata`` (e.g. ``{"run": "grpo-7"}``) plus
+  ``global_step``, the optimizer step of the ``trainer_state`` TRL passes to reward functions
+  (TRL 1.16 does; without it, or outside a trainer, only the adapter's ``metadata`` goes).
 * Each reward is the service's ``training_reward``: a failed step counts as
   ``failure_reward`` (default 0.0, at most 0; failure policy ``pessimistic``). A completion
   with no judged step gets ``0.7 * outcome + 0.3 * failure_reward`` (``failure_reward``
@@ -58,6 +63,7 @@ from typing import Any
 
 import httpx
 from pydantic import ValidationError
+from pydantic_core import PydanticSerializationError
 
 from scribe_client import AsyncRewardClient, RewardClient, RewardServiceError, ScoreOptions
 from scribe_client._constants import DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT
@@ -76,6 +82,11 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_BATCH = 256
 # Where TRL datasets keep the known answer (TRL's own accuracy reward reads `solution`).
 DEFAULT_REFERENCE_COLUMNS = ("reference", "ground_truth", "solution", "answer")
+
+# The metadata key `scribe eval curves` plots against by default.
+STEP_KEY = "global_step"
+# The largest step the size check reserves room for: a run never gets near it.
+_LARGEST_STEP = 2**63
 
 OutcomeFn = Callable[..., Sequence[float | bool | None]]
 Rewards = list[float | None]
@@ -100,6 +111,7 @@ class _ScribeRewardBase:
         outcome_fn: OutcomeFn | None,
         reference_column: ReferenceColumn,
         options: ScoreOptions | Mapping[str, Any] | None,
+        metadata: Mapping[str, Any] | None,
         failure_policy: FailurePolicy | None,
         failure_reward: float | None,
         unscored_as_none: bool,
@@ -121,6 +133,7 @@ class _ScribeRewardBase:
         given = None if options is None else ScoreOptions.model_validate(options)
         self.failure_rule = failure_rule(failure_policy, failure_reward, given)
         self.options = with_rule(given, self.failure_rule)
+        self.metadata = _checked_metadata(metadata)
         self.unscored_as_none = unscored_as_none
         # TRL names the logged metrics after `__name__` (rewards/<name>/mean).
         self.__name__ = name
@@ -152,11 +165,21 @@ class _ScribeRewardBase:
             raise ValueError(f"{len(values)} {column!r} values for {len(completions)} completions")
         return [reference_text(value) for value in values]
 
+    def _metadata(self, kwargs: Any) -> dict[str, Any] | None:
+        """The adapter's metadata plus the trainer's step, when TRL passed its state."""
+        step = getattr(kwargs.get("trainer_state"), "global_step", None)
+        if isinstance(step, bool) or not isinstance(step, int):
+            return self.metadata
+        # The trainer's count wins over a `global_step` given to the constructor, which
+        # could only be a constant.
+        return {**(self.metadata or {}), STEP_KEY: step}
+
     def _rollouts(
         self, prompts: Sequence[Any], completions: Sequence[Any], kwargs: Any
     ) -> list[_Rollout]:
         outcomes = self._outcomes(prompts, completions, kwargs)
         references = self._references(completions, kwargs)
+        metadata = self._metadata(kwargs)
         rollouts: list[_Rollout] = []
         for prompt, completion, value, reference in zip(
             prompts, completions, outcomes, references, strict=True
@@ -164,7 +187,12 @@ class _ScribeRewardBase:
             outcome = check_outcome(value)
             try:
                 request = trajectory_request(
-                    prompt, completion, outcome=outcome, options=self.options, reference=reference
+                    prompt,
+                    completion,
+                    outcome=outcome,
+                    options=self.options,
+                    reference=reference,
+                    metadata=metadata,
                 )
             except ValidationError as exc:
                 # One rollout the service would refuse (e.g. empty) must not sink the batch.
@@ -246,6 +274,8 @@ class ScribeReward(_ScribeRewardBase):
       request's ``reference``: the first one present (default ``"reference"``,
       ``"ground_truth"``, ``"solution"``, ``"answer"``); None sends no reference.
     * **options** - `ScoreOptions` sent with every request (aggregation, weights).
+    * **metadata** - JSON sent as every request's ``metadata`` (e.g. ``{"run": "grpo-7"}``),
+      with ``global_step`` from TRL's ``trainer_state`` added; at most 4 KiB as JSON.
     * **failure_policy**, **failure_reward** - how failed steps and unscored completions
       count (``pessimistic``, 0.0; at most 0): the argument, else the field of ``options``,
       else ``SCRIBE_FAILURE_POLICY`` / ``SCRIBE_FAILURE_REWARD``. Sent with every request.
@@ -270,6 +300,7 @@ class ScribeReward(_ScribeRewardBase):
         outcome_fn: OutcomeFn | None = None,
         reference_column: ReferenceColumn = DEFAULT_REFERENCE_COLUMNS,
         options: ScoreOptions | Mapping[str, Any] | None = None,
+        metadata: Mapping[str, Any] | None = None,
         failure_policy: FailurePolicy | None = None,
         failure_reward: float | None = None,
         unscored_as_none: bool = False,
@@ -287,6 +318,7 @@ class ScribeReward(_ScribeRewardBase):
             outcome_fn=outcome_fn,
             reference_column=reference_column,
             options=options,
+            metadata=metadata,
             failure_policy=failure_policy,
             failure_reward=failure_reward,
             unscored_as_none=unscored_as_none,
@@ -335,6 +367,7 @@ class AsyncScribeReward(_ScribeRewardBase):
         outcome_fn: OutcomeFn | None = None,
         reference_column: ReferenceColumn = DEFAULT_REFERENCE_COLUMNS,
         options: ScoreOptions | Mapping[str, Any] | None = None,
+        metadata: Mapping[str, Any] | None = None,
         failure_policy: FailurePolicy | None = None,
         failure_reward: float | None = None,
         unscored_as_none: bool = False,
@@ -352,6 +385,7 @@ class AsyncScribeReward(_ScribeRewardBase):
             outcome_fn=outcome_fn,
             reference_column=reference_column,
             options=options,
+            metadata=metadata,
             failure_policy=failure_policy,
             failure_reward=failure_reward,
             unscored_as_none=unscored_as_none,
@@ -386,3 +420,19 @@ class AsyncScribeReward(_ScribeRewardBase):
                         except RewardServiceError as alone:
                             answered += self._failed(alone, [request])
         return self._rewards(rollouts, answered, kwargs)
+
+
+def _checked_metadata(metadata: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """`metadata` as sent, refused now if the service would refuse it with a step added: a
+    bad value must fail when the trainer is set up, not turn every reward into a stand-in."""
+    if metadata is None:
+        return None
+    given = dict(metadata)
+    try:
+        probe = {"completion": "-", "metadata": {**given, STEP_KEY: _LARGEST_STEP}}
+        ScoreRequest.model_validate(probe).model_dump_json()
+    except ValidationError as exc:
+        raise ValueError(f"metadata: {exc.errors()[0]['msg']}") from exc
+    except PydanticSerializationError as exc:
+        raise ValueError(f"metadata is not JSON: {exc}") from exc
+    return given

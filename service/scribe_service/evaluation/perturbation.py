@@ -230,7 +230,8 @@ def cap_per_kind(pairs: Sequence[Pair], per_kind: int | None, seed: int) -> list
 def perturb_jobs(
     pairs: Sequence[Pair], arms: Sequence[ArmName], judge: Judge, mode: JudgeMode
 ) -> list[Job]:
-    """Per arm: each original once, then each twin. Arm-major, like `labels`."""
+    """Per arm (arm-major, like `labels`): each original once, its twins right after it, so
+    a judge's prompt cache serves the prefix they share (everything up to the step)."""
     jobs = []
     for arm in arms:
         seen: set[tuple[str, int]] = set()
@@ -239,7 +240,7 @@ def perturb_jobs(
             if key not in seen:
                 seen.add(key)
                 jobs.append(Job(ORIGINAL, arm, pair.original, mode, 0, judge))
-        jobs += [Job(pair.job_kind, arm, pair.corrupted, mode, 0, judge) for pair in pairs]
+            jobs.append(Job(pair.job_kind, arm, pair.corrupted, mode, 0, judge))
     return jobs
 
 
