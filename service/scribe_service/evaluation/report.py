@@ -138,7 +138,8 @@ def _labels_sections(summary: Mapping[str, Any]) -> list[str]:
         parts.append(
             f"- `{arm}`: {data['n']} judged, {data['failed']} failed"
             f"{f' ({errors})' if errors else ''}, {data['not_judged']} not judged, "
-            f"{data['incomplete_trajectories']} incomplete trajectories; cut points "
+            f"{data['incomplete_trajectories']} incomplete trajectories, "
+            f"{data.get('capped_by_check', 0)} capped by a deterministic check; cut points "
             f"{data['cut_points']}, first-error threshold {data['first_error_threshold']}"
         )
     parts += ["", "## Per prototype (routed), agreement on the reported split", ""]

@@ -363,6 +363,8 @@ async def test_a_check_cap_keeps_the_judge_score_beside_it(
         assert (line["score"], line["judge_score"], line["capped_by_check"]) == (3, None, False)
     arms = result.summary["arms"]
     assert (arms["generic"]["capped_by_check"], arms["direct"]["capped_by_check"]) == (1, 0)
+    report = (out / "report.md").read_text(encoding="utf-8")
+    assert "1 capped by a deterministic check" in report
 
 
 def test_detection_by_the_judge_alone_ignores_the_checks_caps() -> None:
