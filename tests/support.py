@@ -28,6 +28,21 @@ from scribe_service.pipeline.judge import Completion, JudgeError, Messages, Samp
 
 ROOT = Path(__file__).resolve().parents[1]
 PROTOTYPES = ROOT / "prototypes"
+
+RAR_RUBRIC: dict[str, Any] = {
+    "criteria": ["Targets the fact the question needs.", "Uses the tool output faithfully."],
+    "levels": {
+        "3": "A correct and useful step.",
+        "2": "Correct but of little use.",
+        "1": "A significant error in the step.",
+        "0": "A wrong or fabricated step.",
+    },
+    "pitfalls": [
+        {"description": "Answers with an entity the evidence does not name.", "max_score": 0}
+    ],
+}
+"""An instance rubric as a judge writes it for the `rar` arm of `scribe eval` (scripted judges)."""
+
 FIXTURES = ROOT / "tests" / "fixtures"
 # Each corpus by name: its file in the dev corpus (--data-dir) and the hand-written stand-in
 # of the same format in tests/fixtures.

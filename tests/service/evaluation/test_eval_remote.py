@@ -22,20 +22,10 @@ from scribe_service.evaluation.evaluate import Options, Result, evaluate
 from scribe_service.evaluation.runner import EvalError
 from scribe_service.pipeline.judge import Completion, JudgeHTTPError, Messages, Sampling
 from scribe_service.settings import Settings
-from support import FakeEmbedder, uvicorn_in_thread
+from support import RAR_RUBRIC, FakeEmbedder, uvicorn_in_thread
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "eval"
 WRONG = ("Leipzig", "capital of Peru", "Lima", "Nile", "= 10.", "= 110", "= 30")
-RUBRIC = {
-    "criteria": ["Targets the fact the question needs.", "Uses the tool output faithfully."],
-    "levels": {
-        "3": "A correct and useful step.",
-        "2": "Correct but of little use.",
-        "1": "A significant error in the step.",
-        "0": "A wrong or fabricated step.",
-    },
-    "pitfalls": [{"description": "Names an entity the evidence does not.", "max_score": 0}],
-}
 # The judge scores this step 3; the arithmetic check (generic rubric) caps it at 1.
 ARITHMETIC = {
     "id": "fixture/arith-1",
@@ -72,7 +62,7 @@ class StepJudge:
         await asyncio.sleep(0)
         if "criteria" in schema["properties"]:
             self.calls += 1
-            return Completion(json.dumps(RUBRIC))
+            return Completion(json.dumps(RAR_RUBRIC))
         verdict = {"rationale": "r", "failure_modes": [], "score": self._score(messages)}
         return Completion(json.dumps(verdict))
 

@@ -17,23 +17,11 @@ from scribe_service.evaluation.evaluate import Options, evaluate
 from scribe_service.evaluation.runner import EvalError
 from scribe_service.pipeline.judge import Completion, JudgeHTTPError, Messages, Sampling
 from scribe_service.settings import Settings
-from support import FakeEmbedder
+from support import RAR_RUBRIC, FakeEmbedder
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "eval"
 # Steps whose text holds one of these are scored 0, every other step 3.
 WRONG = ("Leipzig", "capital of Peru", "Lima", "Nile", "= 10.", "= 110", "= 30")
-RUBRIC = {
-    "criteria": ["Targets the fact the question needs.", "Uses the tool output faithfully."],
-    "levels": {
-        "3": "A correct and useful step.",
-        "2": "Correct but of little use.",
-        "1": "A significant error in the step.",
-        "0": "A wrong or fabricated step.",
-    },
-    "pitfalls": [
-        {"description": "Answers with an entity the evidence does not name.", "max_score": 0}
-    ],
-}
 
 
 def step_text(messages: Messages) -> str:
@@ -70,7 +58,7 @@ class ScriptedJudge:
         await asyncio.sleep(0)
         if "criteria" in schema["properties"]:
             self._record("rubric", messages, sampling)
-            return Completion(json.dumps(RUBRIC))
+            return Completion(json.dumps(RAR_RUBRIC))
         self._record("verdict", messages, sampling)
         score = self._score(messages)
         return Completion(json.dumps({"rationale": "r", "failure_modes": [], "score": score}))

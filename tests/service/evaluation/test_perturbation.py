@@ -36,7 +36,7 @@ from scribe_service.pipeline.judge import Completion, Messages, Sampling
 from scribe_service.pipeline.retrieve import Route
 from scribe_service.pipeline.segment import segment
 from scribe_service.settings import Settings
-from support import FakeEmbedder
+from support import RAR_RUBRIC, FakeEmbedder
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "eval"
 ARITHMETIC = ["arithmetic_result", "arithmetic_operand"]
@@ -253,7 +253,7 @@ class ArithmeticJudge:
         await asyncio.sleep(0)
         if "criteria" in schema["properties"]:
             self.calls.append(("rubric", ""))
-            return Completion(json.dumps(RUBRIC))
+            return Completion(json.dumps(RAR_RUBRIC))
         score = self._score("verdict", messages)
         return Completion(json.dumps({"rationale": "r", "failure_modes": [], "score": score}))
 
@@ -268,16 +268,6 @@ class ArithmeticJudge:
         return None
 
 
-RUBRIC = {
-    "criteria": ["Every computation in the step is right.", "The step moves the task on."],
-    "levels": {
-        "3": "A correct and useful step.",
-        "2": "Correct but of little use.",
-        "1": "A significant error in the step.",
-        "0": "A wrong or fabricated step.",
-    },
-    "pitfalls": [{"description": "A computation with a wrong result.", "max_score": 1}],
-}
 ARMS = ["scribe", "generic", "rar", "direct"]
 
 
