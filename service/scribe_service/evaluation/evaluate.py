@@ -37,6 +37,7 @@ from scribe_service.evaluation.runner import (
     check_setup,
     concurrency,
     consistency_jobs,
+    judge_setup,
     judge_with,
     labels_jobs,
     route_records,
@@ -171,19 +172,16 @@ async def evaluate(
             assert judge is not None
             model, sampling = judge.backend.model, judge.sampling("verdict")
             library_version = pipeline.library.version
-        setup: dict[str, Any] = {
-            "command": options.command,
-            "judge_model": model,
-            "mode": mode,
-            "temperature": sampling.temperature if labels else options.temperature,
-            "top_p": sampling.top_p,
-            "seed": sampling.seed,
-            "max_tokens": sampling.max_tokens,
-            "library_version": library_version,
-            "baseline_templates": templates_digest(templates),
-            "embedding_model": settings.embedding_model,
-            "min_similarity": pipeline.min_similarity,
-        }
+        setup = judge_setup(
+            options.command,
+            model=model,
+            mode=mode,
+            sampling=sampling if labels else replace(sampling, temperature=options.temperature),
+            library_version=library_version,
+            templates_digest=templates_digest(templates),
+            settings=settings,
+            min_similarity=pipeline.min_similarity,
+        )
         check_setup(options.out / "run.json", setup)
         rubrics = RubricStore(options.out / "rubrics.jsonl")
         arms = Arms(

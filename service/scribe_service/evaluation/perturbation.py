@@ -57,6 +57,7 @@ from scribe_service.evaluation.runner import (
     JudgmentLog,
     check_setup,
     concurrency,
+    judge_setup,
     judgment_key,
     route_records,
     run_jobs,
@@ -445,19 +446,16 @@ async def perturb(
             raise EvalError(f"the judge cannot answer: {exc}") from exc
         mode: JudgeMode = judge.mode
         sampling = judge.sampling("verdict")
-        setup: dict[str, Any] = {
-            "command": "perturb",
-            "judge_model": judge.backend.model,
-            "mode": mode,
-            "temperature": sampling.temperature,
-            "top_p": sampling.top_p,
-            "seed": sampling.seed,
-            "max_tokens": sampling.max_tokens,
-            "library_version": pipeline.library.version,
-            "baseline_templates": templates_digest(templates),
-            "embedding_model": settings.embedding_model,
-            "min_similarity": pipeline.min_similarity,
-        }
+        setup = judge_setup(
+            "perturb",
+            model=judge.backend.model,
+            mode=mode,
+            sampling=sampling,
+            library_version=pipeline.library.version,
+            templates_digest=templates_digest(templates),
+            settings=settings,
+            min_similarity=pipeline.min_similarity,
+        )
         check_setup(options.out / "run.json", setup)
         items = await route_records(pipeline, records)
         found = build_pairs(records, items, kinds=options.kinds, seed=options.corruption_seed)

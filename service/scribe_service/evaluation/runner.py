@@ -121,6 +121,34 @@ class JudgmentLog:
         self.lines[line_key(line)] = line
 
 
+def judge_setup(
+    command: str,
+    *,
+    model: str,
+    mode: JudgeMode,
+    sampling: Sampling,
+    library_version: str,
+    templates_digest: str,
+    settings: Settings,
+    min_similarity: float,
+) -> dict[str, Any]:
+    """What makes two judgments comparable; `run.json` holds it and `check_setup` keeps a
+    folder to one setup. Every command writes the same keys."""
+    return {
+        "command": command,
+        "judge_model": model,
+        "mode": mode,
+        "temperature": sampling.temperature,
+        "top_p": sampling.top_p,
+        "seed": sampling.seed,
+        "max_tokens": sampling.max_tokens,
+        "library_version": library_version,
+        "baseline_templates": templates_digest,
+        "embedding_model": settings.embedding_model,
+        "min_similarity": min_similarity,
+    }
+
+
 def check_setup(path: Path, setup: Mapping[str, Any]) -> None:
     """Write `run.json`, or refuse when the folder holds judgments from another setup."""
     if path.is_file():
