@@ -429,6 +429,13 @@ class StepResult(StepRoute):
     judge_replica: str | None = Field(
         default=None, description="The judge server that answered (its base URL)."
     )
+    cached: bool | None = Field(
+        default=None,
+        description="True when the verdict came from the service's judgment cache (an "
+        "identical deterministic judge call judged earlier, or in flight at the same time; "
+        "`judge_replica` is then the one that judged it), false when it was judged for this "
+        "step; null when the cache was not consulted (off, sampled judging) or the step failed.",
+    )
     status: StepStatus
     error: StepError | None = None
 

@@ -23,7 +23,9 @@ from scribe_service.limits import BodySizeLimitMiddleware, InputLimits
 from scribe_service.metrics import Metrics, RequestMetricsMiddleware
 from scribe_service.pipeline.aggregate import FailureRule
 from scribe_service.pipeline.embed import Embedder, SentenceTransformerEmbedder
+from scribe_service.pipeline.embed_cache import CachedEmbedder
 from scribe_service.pipeline.judge import EmbeddedJudge, Judge, JudgeBackend, OpenAIJudge, Sampling
+from scribe_service.pipeline.judgment_cache import JudgmentCache
 from scribe_service.pipeline.replicas import ReplicaPool
 from scribe_service.pipeline.retrieve import PrototypeIndex
 from scribe_service.pipeline.run import Pipeline
@@ -88,6 +90,9 @@ async def build_pipeline(
     if judge_backend is None and with_judge:
         judge_backend = await asyncio.to_thread(make_judge_backend, settings)
     metrics = metrics or Metrics()
+    if settings.embedding_cache_entries:
+        # After the index: the exemplars are encoded once, and would only crowd out subgoals.
+        embedder = _cached_embedder(embedder, settings.embedding_cache_entries, metrics)
     judge = None
     if judge_backend is not None:
         # One llama.cpp model instance runs one completion at a time anyway.
@@ -137,7 +142,21 @@ async def build_pipeline(
         unavailable_retry_after=max(1, math.ceil(settings.judge_probe_interval)),
         metrics=metrics,
         failure_rule=FailureRule(settings.failure_policy, settings.failure_reward),
+        judgment_cache=JudgmentCache(
+            max_entries=settings.judgment_cache_entries,
+            max_bytes=max(1, round(settings.judgment_cache_mb * 2**20)),
+        )
+        if settings.judgment_cache
+        else None,
     )
+
+
+def _cached_embedder(embedder: Embedder, entries: int, metrics: Metrics) -> CachedEmbedder:
+    def count(hits: int, misses: int) -> None:
+        metrics.embedding_cache.labels("hit").inc(hits)
+        metrics.embedding_cache.labels("miss").inc(misses)
+
+    return CachedEmbedder(embedder, entries, on_lookup=count)
 
 
 def create_app(

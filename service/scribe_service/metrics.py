@@ -1,7 +1,8 @@
 """Prometheus metrics, one registry per app (so two apps in one process never collide).
 
 Requests by route and status, latency per pipeline stage, judge calls by outcome, retries,
-judge calls in flight, trajectories pending, steps by status and fallback routes.
+judge calls in flight, trajectories pending, steps by status, fallback routes, and the
+judgment and embedding caches.
 """
 
 from __future__ import annotations
@@ -64,6 +65,23 @@ class Metrics:
         self.steps = Counter("scribe_steps", "Steps scored, by status", ["status"], registry=r)
         self.fallback_routes = Counter(
             "scribe_fallback_routes", "Steps routed to the fallback rubric", registry=r
+        )
+        self.judgment_cache = Counter(
+            "scribe_judgment_cache",
+            "Deterministic judge calls by what the judgment cache did: hit (stored), miss "
+            "(judged), coalesced (shared an identical call in flight)",
+            ["result"],
+            registry=r,
+        )
+        self.judgment_cache_entries = Gauge(
+            "scribe_judgment_cache_entries", "Verdicts held by the judgment cache", registry=r
+        )
+        self.embedding_cache = Counter(
+            "scribe_embedding_cache",
+            "Subgoals by embedding cache result: hit (not encoded: stored, or repeated in "
+            "one call), miss (encoded, each distinct text once)",
+            ["result"],
+            registry=r,
         )
 
 

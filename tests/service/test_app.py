@@ -300,3 +300,64 @@ def test_metrics_count_requests_stages_judge_calls_and_fallbacks(settings: Setti
     assert 'scribe_steps_total{status="ok"} 1.0' in text
     assert 'scribe_stage_seconds_count{stage="judge"} 1.0' in text
     assert "scribe_pending_trajectories 0.0" in text
+
+
+def _metric_lines(client: TestClient, prefix: str) -> list[str]:
+    return [line for line in client.get("/metrics").text.splitlines() if line.startswith(prefix)]
+
+
+def test_identical_requests_are_judged_once_and_say_so(settings: Settings) -> None:
+    judge = FakeJudge(delay=0.05)  # slow enough for a batch's twins to meet in flight
+    with TestClient(create_app(settings, embedder=FakeEmbedder(), judge_backend=judge)) as client:
+        first = _score(client, {"messages": MESSAGES})
+        second = _score(client, {"messages": MESSAGES})
+        assert len(judge.prompts) == 2  # one call per distinct step
+        assert [s.cached for s in first.steps] == [False, False]
+        assert [s.cached for s in second.steps] == [True, True]
+        assert [s.score for s in second.steps] == [s.score for s in first.steps]
+
+        twins = {"steps": [{"content": "Compute 3 * 4 = 12."}]}
+        response = client.post("/v1/score/batch", json={"requests": [twins, twins]})
+        assert response.status_code == 200
+        cached = sorted(r["steps"][0]["cached"] for r in response.json()["results"])
+        assert cached == [False, True] and len(judge.prompts) == 3
+
+        assert _metric_lines(client, "scribe_judgment_cache_total") == [
+            'scribe_judgment_cache_total{result="miss"} 3.0',
+            'scribe_judgment_cache_total{result="hit"} 2.0',
+            'scribe_judgment_cache_total{result="coalesced"} 1.0',
+        ]
+        assert _metric_lines(client, "scribe_judgment_cache_entries") == [
+            "scribe_judgment_cache_entries 3.0"
+        ]
+        embedding = _metric_lines(client, "scribe_embedding_cache_total")
+        # Both subgoals again in the second request, and the batch's twin.
+        assert 'scribe_embedding_cache_total{result="hit"} 3.0' in embedding
+
+
+def test_with_the_caches_off_every_step_is_judged_and_encoded(settings: Settings) -> None:
+    settings.judgment_cache = False
+    settings.embedding_cache_entries = 0
+    judge, embedder = FakeJudge(), FakeEmbedder()
+    with TestClient(create_app(settings, embedder=embedder, judge_backend=judge)) as client:
+        results = [_score(client, {"messages": MESSAGES}) for _ in range(2)]
+        assert client.app.state.pipeline.embedder is embedder  # type: ignore[attr-defined]
+        assert _metric_lines(client, "scribe_judgment_cache_total") == []
+        assert _metric_lines(client, "scribe_embedding_cache_total") == []
+    assert len(judge.prompts) == 4
+    assert all(s.cached is None for r in results for s in r.steps)
+
+
+def test_sampled_verdicts_are_never_cached_but_logprobs_are(settings: Settings) -> None:
+    settings.judge_temperature = 0.7
+    judge = FakeJudge()
+    with TestClient(create_app(settings, embedder=FakeEmbedder(), judge_backend=judge)) as client:
+        sampled = [_score(client, {"messages": MESSAGES}) for _ in range(2)]
+        assert len(judge.prompts) == 4
+        assert all(s.cached is None for r in sampled for s in r.steps)
+
+        logprob = {"messages": MESSAGES, "options": {"judge_mode": "logprob"}}
+        first, second = _score(client, logprob), _score(client, logprob)
+    assert len(judge.prompts) == 6
+    assert [s.cached for s in first.steps] == [False, False]
+    assert [s.cached for s in second.steps] == [True, True]

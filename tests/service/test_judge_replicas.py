@@ -73,6 +73,7 @@ def test_replicas_fail_over_and_recover(replicas: tuple[Replica, Replica], tmp_p
     settings = Settings(
         prototypes_dir=PROTOTYPES, cache_dir=tmp_path, judge_url=f"{a.url},{b.url}",
         judge_probe_interval=0.1, judge_unreachable_after=2, judge_timeout=2,
+        judgment_cache=False,  # the same trajectory again must reach a replica again
     )  # fmt: skip
     with TestClient(create_app(settings, embedder=FakeEmbedder())) as client:
 

@@ -53,7 +53,12 @@ SMOLLM2_MIN_MASS = 0.005
 
 
 def _settings(url: str, **overrides: Any) -> Settings:
-    values: dict[str, Any] = {"judge_min_score_mass": SMOLLM2_MIN_MASS, "judge_max_attempts": 1}
+    # Repeated requests must reach vLLM: the determinism checks below are vLLM's, not a cache's.
+    values: dict[str, Any] = {
+        "judge_min_score_mass": SMOLLM2_MIN_MASS,
+        "judge_max_attempts": 1,
+        "judgment_cache": False,
+    }
     return Settings(prototypes_dir=PROTOTYPES, judge_url=url, **(values | overrides))
 
 

@@ -16,6 +16,9 @@ Before a step is judged, the routed prototype's deterministic checks (`checks.py
 stage `checks`) run on it; their findings cap the verdict by `checks.apply_findings`, the rule
 `scribe eval` uses too. A check that raises is a bug in the check, not in the step: it is
 logged, counted (`check_errors`) and skipped.
+
+With a `JudgmentCache`, a deterministic judge call identical to one judged before (or in flight)
+is not made again (`judgment_cache.py`); the step then says `cached: true`.
 """
 
 from __future__ import annotations
@@ -57,6 +60,7 @@ from scribe_service.pipeline.checks import (
 )
 from scribe_service.pipeline.embed import Embedder, Vectors
 from scribe_service.pipeline.judge import Judge, JudgeError, JudgeMode, Messages, Verdict
+from scribe_service.pipeline.judgment_cache import JudgmentCache, deterministic, judgment_key
 from scribe_service.pipeline.logprob import TOP_LOGPROBS
 from scribe_service.pipeline.render import render_messages
 from scribe_service.pipeline.retrieve import PrototypeIndex, Route
@@ -80,6 +84,13 @@ class StageError(ServiceError):
 class Routed:
     segmented: Segmented
     routes: list[Route]
+
+
+@dataclass(frozen=True)
+class Judged:
+    verdict: Verdict
+    cached: bool | None
+    """Whether the judgment cache answered; None when it was not consulted."""
 
 
 def _step_route(step: Step, route: Route) -> StepRoute:
@@ -140,6 +151,7 @@ class Pipeline:
         unavailable_retry_after: int = 5,
         metrics: Metrics | None = None,
         failure_rule: aggregate.FailureRule | None = None,
+        judgment_cache: JudgmentCache | None = None,
     ) -> None:
         self.library = library
         self.embedder = embedder
@@ -160,6 +172,9 @@ class Pipeline:
         """The failure policy and reward where a request's options leave them null."""
         self.check_errors = 0
         """Deterministic checks that raised (a bug: logged, skipped, the step still scored)."""
+        self.judgment_cache = judgment_cache
+        if judgment_cache is not None:
+            self.metrics.judgment_cache_entries.set_function(lambda: float(len(judgment_cache)))
 
     @property
     def judge_model(self) -> str:
@@ -359,7 +374,7 @@ class Pipeline:
         deadline: float | None,
         mode: JudgeMode | None,
         reference: str | None = None,
-    ) -> Verdict | StepError:
+    ) -> Judged | StepError:
         if self.judge is None:
             return StepError(type="judge_unavailable", message="no judge configured")
         mode = mode or self.judge.mode
@@ -388,11 +403,10 @@ class Pipeline:
         deadline: float | None,
         mode: JudgeMode,
         index: int,
-    ) -> Verdict | StepError:
-        assert self.judge is not None  # checked by the caller
+    ) -> Judged | StepError:
         try:
             async with asyncio.timeout_at(deadline):
-                return await self.judge.verdict(messages, route.prototype, mode)
+                return await self._verdict(messages, route.prototype, mode)
         except TimeoutError:
             message = f"request deadline of {self._request_deadline:g}s passed before a verdict"
             return StepError(type="judge_timeout", message=message)
@@ -401,6 +415,28 @@ class Pipeline:
         except Exception as exc:  # a bug must fail the step visibly, not the whole request
             log.exception("judging step %d failed unexpectedly", index)
             return StepError(type="internal", message=f"judge: {type(exc).__name__}: {exc}")
+
+    async def _verdict(self, messages: Messages, prototype: Prototype, mode: JudgeMode) -> Judged:
+        """The judge's verdict, through the judgment cache where the call is deterministic."""
+        judge = self.judge
+        assert judge is not None  # checked by the caller
+        sampling = judge.sampling(mode)
+        if self.judgment_cache is None or not deterministic(mode, sampling):
+            return Judged(await judge.verdict(messages, prototype, mode), cached=None)
+        key = judgment_key(
+            judge_model=judge.backend.model,
+            prototype_id=prototype.id,
+            library_version=self.library.version,
+            mode=mode,
+            sampling=sampling,
+            min_score_mass=judge.min_score_mass,
+            messages=messages,
+        )
+        verdict, result = await self.judgment_cache.get_or_judge(
+            key, lambda: judge.verdict(messages, prototype, mode)
+        )
+        self.metrics.judgment_cache.labels(result).inc()
+        return Judged(verdict, cached=result != "miss")
 
     async def _judge_trajectory(self, request: ScoreRequest, routed: Routed) -> ScoreResponse:
         deadline = (
@@ -472,8 +508,9 @@ def _judge_findings(prototype: Prototype, failure_modes: Sequence[str]) -> list[
 
 
 def _judged(
-    base: dict[str, Any], verdict: Verdict, prototype: Prototype, found: Sequence[CheckFinding]
+    base: dict[str, Any], judgment: Judged, prototype: Prototype, found: Sequence[CheckFinding]
 ) -> StepResult:
+    verdict = judgment.verdict
     findings = [*_judge_findings(prototype, verdict.failure_modes), *map(_check_finding, found)]
     judged = verdict
     verdict = apply_findings(verdict, found)
@@ -491,5 +528,6 @@ def _judged(
         findings=findings,
         rationale=verdict.rationale,
         judge_replica=verdict.served_by,
+        cached=judgment.cached,
         status="ok",
     )
