@@ -101,6 +101,8 @@ class LoggingEmbedder(FakeEmbedder):
 def test_the_id_reaches_worker_threads_and_a_bad_id_is_replaced(
     json_logs: io.StringIO, settings: Settings
 ) -> None:
+    # Both requests must reach the embedder's worker thread: no subgoal-embedding cache.
+    settings = settings.model_copy(update={"embedding_cache_entries": 0})
     app = create_app(settings, embedder=LoggingEmbedder(), judge_backend=FakeJudge())
     with TestClient(app) as client:
         kept = client.post(

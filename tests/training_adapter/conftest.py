@@ -25,8 +25,11 @@ class DownJudge(FakeJudge):
 
 
 def serve(judge: FakeJudge, tmp_path: Path, **overrides: Any) -> Iterator[str]:
+    # The judges here are shared by a module's tests, which read the prompts reaching them:
+    # without a judgment cache an adapter's request is judged, not answered from an earlier one.
+    values: dict[str, Any] = {"judge_max_attempts": 1, "judgment_cache": False}
     settings = Settings(
-        prototypes_dir=PROTOTYPES, cache_dir=tmp_path / "cache", judge_max_attempts=1, **overrides
+        prototypes_dir=PROTOTYPES, cache_dir=tmp_path / "cache", **(values | overrides)
     )
     app = create_app(settings, embedder=FakeEmbedder(), judge_backend=judge)
     with uvicorn_in_thread(app, timeout=20) as url:
