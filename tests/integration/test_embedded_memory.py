@@ -1,6 +1,7 @@
 """The embedded judge's memory stays bounded: its state cache, on the real llama.cpp engine
 with SmolLM2-135M, holds no more than its capacity however many distinct prompts it judges,
-and a state restored from it (one row of logits kept) gives the prompt's own answer."""
+a state restored from it (one row of logits kept) gives the prompt's own answer, and an
+engine failure leaves nothing behind for the next call to trip on."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import pytest
 from scribe_service.app import make_judge_backend
 from scribe_service.pipeline.backends.base import Messages, Sampling
 from scribe_service.pipeline.backends.embedded import EmbeddedJudge
+from scribe_service.pipeline.judge_errors import JudgeUnavailable
 from scribe_service.pipeline.state_cache import StateCache
 from scribe_service.settings import Settings
 from support import smollm2_gguf
@@ -99,6 +101,25 @@ async def test_a_restored_state_gives_the_prompts_own_answer(judge: EmbeddedJudg
     # Not bit-identical: the restored prompt's last token is evaluated alone, and quantised
     # kernels round differently for another batch split.
     assert all(abs(first[t] - second[t]) < 0.05 for t in shared)
+
+
+async def test_an_engine_failure_resets_the_context_and_the_next_call_runs_clean(
+    judge: EmbeddedJudge,
+) -> None:
+    clean = await judge.score_token(prompt(2), Sampling())
+    state_cache(judge).clear()  # or the failing call would restore prompt 2 whole from it
+    await judge.score_token(prompt(1), Sampling())
+    # Memory shorter than the tokens llama-cpp-python believes it holds: what a failed decode
+    # leaves. The next prompt sharing the system prompt reuses that prefix and llama_decode
+    # refuses the batch; unhandled, the call after it aborted the process in a GGML_ASSERT.
+    judge._llama._ctx.kv_cache_seq_rm(-1, 5, -1)
+    with pytest.raises(JudgeUnavailable, match="llama_decode") as failure:
+        await judge.score_token(prompt(2), Sampling())
+    assert failure.value.transient
+    assert state_cache(judge).entries == 0
+    retried = await judge.score_token(prompt(2), Sampling())
+    assert retried.text == clean.text
+    assert dict(retried.top_logprobs or ()).keys() == dict(clean.top_logprobs or ()).keys()
 
 
 @pytest.mark.parametrize(("megabytes", "capacity"), [(3, 3 * 2**20), (0, None)])

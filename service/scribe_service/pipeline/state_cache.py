@@ -98,6 +98,11 @@ class StateCache:
     def entries(self) -> int:
         return len(self._entries)
 
+    def clear(self) -> None:
+        self._entries.clear()
+        self._size = 0
+        release_free_memory()
+
     def _longest_prefix_key(self, tokens: Tokens) -> bytes | None:
         best, best_key = 0, None
         for key, entry in self._entries.items():

@@ -18,6 +18,7 @@ from scribe_service.pipeline.backends.base import (
 from scribe_service.pipeline.judge_errors import (
     JudgeContextExceeded,
     JudgeInvalidOutput,
+    JudgeUnavailable,
     is_context_exceeded,
 )
 from scribe_service.pipeline.logprob import TOP_LOGPROBS
@@ -92,6 +93,22 @@ class EmbeddedJudge:
                         f"the prompt does not fit the embedded judge's context: {exc}"
                     ) from exc
                 raise JudgeInvalidOutput(f"embedded judge rejected the prompt: {exc}") from exc
+            except RuntimeError as exc:
+                # "llama_decode returned -1" or a state that would not load. The context's
+                # memory may now disagree with the tokens llama-cpp-python thinks it holds, and
+                # the next call reusing that prefix hits a GGML_ASSERT that aborts the process:
+                # start over from an empty context, so a retry runs clean.
+                self._reset()
+                raise JudgeUnavailable(
+                    f"the embedded judge failed mid-evaluation ({exc}); its context was reset"
+                ) from exc
+
+    def _reset(self) -> None:
+        llama: Any = self._llama  # untyped, these two
+        llama.reset()
+        llama._ctx.kv_cache_clear()
+        if self.cache is not None:
+            self.cache.clear()
 
     async def complete(
         self, messages: Messages, schema: dict[str, Any], sampling: Sampling
