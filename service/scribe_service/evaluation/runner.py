@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -233,7 +234,9 @@ class RateColumn(ProgressColumn):
         return Text("-/s" if not speed else f"{speed:.2f}/s", style="progress.data.speed")
 
 
-def judgment_line(job: Job, outcome: Outcome, record: Record) -> dict[str, Any]:
+def judgment_line(
+    job: Job, outcome: Outcome, record: Record, seconds: float | None = None
+) -> dict[str, Any]:
     step, route = job.item.step, job.item.route
     sampling = job.sampling
     return {
@@ -263,6 +266,9 @@ def judgment_line(job: Job, outcome: Outcome, record: Record) -> dict[str, Any]:
         "human_label": None
         if step.message_index is None
         else record.step_labels.get(step.message_index),
+        # Wall time of this judgment, queueing behind other workers included: summed per arm,
+        # what a run cost even when it was stopped and resumed across sessions.
+        "seconds": None if seconds is None else round(seconds, 3),
     }
 
 
@@ -310,13 +316,16 @@ async def run_jobs(
         async def worker() -> None:
             while not queue.empty() and not stopped:
                 job = queue.get_nowait()
+                started = time.perf_counter()
                 try:
                     outcome = await _judge(job, arms)
                 except EvalError as exc:
                     # The other workers finish their job in hand (it is written) and stop.
                     stopped.append(exc)
                     return
-                judgments.append(judgment_line(job, outcome, records[job.item.record_id]))
+                seconds = time.perf_counter() - started
+                record = records[job.item.record_id]
+                judgments.append(judgment_line(job, outcome, record, seconds))
                 progress.advance(bar)
 
         await asyncio.gather(*(worker() for _ in range(max(1, min(workers, len(todo))))))
@@ -358,16 +367,19 @@ def consistency_jobs(
         for r in range(max(repeats, logprob_repeats))
     ]
     steps = [item for record_items in items for item in record_items]
+    # A step's repeats back to back: they share the whole prompt, so a judge with a prefix cache
+    # (the embedded judge's state cache, vLLM's) evaluates it once, and each repeat costs only
+    # its generation; a run stopped early has every repeat of the steps it reached.
     jobs = [
         Job("repeat", arm, item, "verdict", r, judges[r])
         for arm in arms
-        for r in range(repeats)
         for item in steps
+        for r in range(repeats)
     ]
     jobs += [
         Job("logprob", arm, item, "logprob", r, judges[r])
         for arm in arms
-        for r in range(logprob_repeats)
         for item in steps
+        for r in range(logprob_repeats)
     ]
     return jobs

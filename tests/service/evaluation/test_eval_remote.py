@@ -150,8 +150,10 @@ async def remote(
 
 
 def lines(out: Path) -> dict[tuple[str, int, str], dict[str, Any]]:
+    """Each judgment line, less its wall time (the one field two runs never share)."""
     text = (out / "judgments.jsonl").read_text(encoding="utf-8")
     parsed = [json.loads(line) for line in text.splitlines()]
+    assert all(line.pop("seconds") >= 0 for line in parsed)
     return {(line["record_id"], line["step"], line["arm"]): line for line in parsed}
 
 
