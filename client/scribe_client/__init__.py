@@ -14,6 +14,7 @@ from ._constants import __version__
 from .errors import (
     AuthenticationError,
     InvalidRequestError,
+    LibraryVersionError,
     NotFoundError,
     OverloadedError,
     PayloadTooLargeError,
@@ -51,6 +52,7 @@ __all__ = [
     "ErrorResponse",
     "HealthResponse",
     "InvalidRequestError",
+    "LibraryVersionError",
     "NotFoundError",
     "OverloadedError",
     "PayloadTooLargeError",

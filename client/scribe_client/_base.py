@@ -35,6 +35,7 @@ from ._constants import (
 from .errors import (
     AuthenticationError,
     InvalidRequestError,
+    LibraryVersionError,
     NotFoundError,
     OverloadedError,
     PayloadTooLargeError,
@@ -63,6 +64,7 @@ _STATUS_ERRORS: dict[int, type[StatusError]] = {
     400: InvalidRequestError,
     401: AuthenticationError,
     404: NotFoundError,
+    409: LibraryVersionError,
     413: PayloadTooLargeError,
     422: InvalidRequestError,
     429: OverloadedError,

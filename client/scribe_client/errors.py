@@ -9,6 +9,8 @@
     * InvalidRequestError - 400, 422: fix the request; `param` names the field at fault.
     * AuthenticationError - 401: missing or wrong API key.
     * NotFoundError - 404: e.g. an unknown prototype id.
+    * LibraryVersionError - 409: `options.library_version` pins a library the service no
+      longer (or not yet) serves; the message names the serving version.
     * PayloadTooLargeError - 413: split the batch or shorten the trajectory.
     * OverloadedError - 429: the service is at capacity.
     * ServiceUnavailableError - 503: the service is starting or a dependency is down.
@@ -28,6 +30,7 @@ from .protocol import ErrorResponse
 __all__ = [
     "AuthenticationError",
     "InvalidRequestError",
+    "LibraryVersionError",
     "NotFoundError",
     "OverloadedError",
     "PayloadTooLargeError",
@@ -125,6 +128,12 @@ class AuthenticationError(StatusError):
 
 class NotFoundError(StatusError):
     """404: no such route or resource, e.g. an unknown prototype id."""
+
+
+class LibraryVersionError(StatusError):
+    """409: the request pinned `options.library_version` and the service serves another one.
+
+    Not retried: the same request is refused until the pin or the service's library changes."""
 
 
 class PayloadTooLargeError(StatusError):

@@ -38,6 +38,8 @@ __all__ = [
     "PrototypeList",
     "PrototypeSummary",
     "ReadyResponse",
+    "ReloadRequest",
+    "ReloadResponse",
     "RemoteRMRequest",
     "RemoteRMResponse",
     "RouteRequest",
@@ -216,6 +218,14 @@ class ScoreOptions(_Wire):
         allow_inf_nan=False,
         description="What a failed step counts as in `training_reward`; at most 0, the worst "
         "judged step reward. Null uses the server's setting.",
+    )
+    library_version: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=64,
+        description="Score only with this library version (a response's `library_version`); "
+        "while another version serves, the request is refused with 409 naming it. Null: the "
+        "version serving now.",
     )
 
     @model_validator(mode="after")
@@ -542,6 +552,26 @@ class ReadyResponse(_Response):
     judge_model: str | None = None
     checks: dict[str, bool] = Field(default_factory=dict)
     detail: str | None = None
+
+
+class ReloadRequest(_Wire):
+    """`POST /v1/admin/reload`: swap the served library for the one in a directory."""
+
+    prototypes_dir: str | None = Field(
+        default=None,
+        min_length=1,
+        description="A prototypes directory on the service's machine. Null: the directory "
+        "serving now, read again.",
+    )
+
+
+class ReloadResponse(_Response):
+    library_version: str = Field(description="The version serving from now on.")
+    previous_version: str = Field(description="The version that served before the reload.")
+    changed: bool = Field(description="Whether the version differs from the previous one.")
+    prototypes_dir: str
+    prototypes: int = Field(description="Prototypes in the library, the fallback included.")
+    exemplars: int = Field(description="Exemplar subgoals indexed for routing.")
 
 
 class ErrorDetail(_Response):

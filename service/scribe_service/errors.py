@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 _TYPES = {
     400: "invalid_request",
     401: "unauthorized",
+    403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
     413: "payload_too_large",
@@ -63,6 +64,28 @@ class UnavailableError(ServiceError):
 
     def __init__(self, message: str, retry_after: int) -> None:
         super().__init__(503, message, headers={"Retry-After": str(retry_after)})
+
+
+class LibraryVersionError(ServiceError):
+    """The request pins a library version other than the one serving (HTTP 409)."""
+
+    def __init__(self, param: str, pinned: str, serving: str) -> None:
+        super().__init__(
+            409,
+            f"{param}: the request is pinned to library version {pinned!r}, but version "
+            f"{serving!r} is serving",
+            type="library_version_mismatch",
+            param=param,
+        )
+        self.serving = serving
+
+
+class InvalidLibraryError(ServiceError):
+    """A library reload was refused: the new directory does not load (HTTP 422). The message
+    names the file and the field; the library already serving stays."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(422, message, type="invalid_library", param="prototypes_dir")
 
 
 class InputLimitError(ServiceError):

@@ -2,7 +2,7 @@
 
 Requests by route and status, latency per pipeline stage, judge calls by outcome, retries,
 judge calls in flight, trajectories pending, steps by status, fallback routes, and the
-judgment and embedding caches.
+judgment and embedding caches, library reloads.
 """
 
 from __future__ import annotations
@@ -63,6 +63,16 @@ class Metrics:
             "scribe_pending_trajectories", "Trajectories accepted, not yet answered", registry=r
         )
         self.steps = Counter("scribe_steps", "Steps scored, by status", ["status"], registry=r)
+        # What the policy is being paid, per skill: the Grafana panel that shows a prototype's
+        # scores drifting (learnt, or hacked) without reading the score log. Bounded labels: the
+        # library's prototype ids times four buckets.
+        self.step_score = Histogram(
+            "scribe_step_score",
+            "Final score (0-3, after checks) of the judged steps, by prototype",
+            ["prototype"],
+            buckets=(0, 1, 2, 3),
+            registry=r,
+        )
         self.fallback_routes = Counter(
             "scribe_fallback_routes", "Steps routed to the fallback rubric", registry=r
         )
@@ -76,6 +86,17 @@ class Metrics:
         self.judgment_cache_entries = Gauge(
             "scribe_judgment_cache_entries", "Verdicts held by the judgment cache", registry=r
         )
+        self.library_reloads = Counter(
+            "scribe_library_reloads",
+            "Library reloads (POST /v1/admin/reload, SIGHUP) by outcome: ok (a new version "
+            "serves), unchanged (same version), invalid (refused: it does not load), failed "
+            "(indexing failed)",
+            ["outcome"],
+            registry=r,
+        )
+        # Every outcome at 0 from the start: a panel over a rare event shows zero, not "no data".
+        for outcome in ("ok", "unchanged", "invalid", "failed"):
+            self.library_reloads.labels(outcome)
         self.embedding_cache = Counter(
             "scribe_embedding_cache",
             "Subgoals by embedding cache result: hit (not encoded: stored, or repeated in "

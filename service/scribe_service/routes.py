@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter
@@ -18,6 +19,8 @@ from scribe_client.protocol import (
     PrototypeList,
     PrototypeSummary,
     ReadyResponse,
+    ReloadRequest,
+    ReloadResponse,
     RemoteRMRequest,
     RemoteRMResponse,
     RouteRequest,
@@ -29,6 +32,7 @@ from scribe_service import remote_rm
 from scribe_service.deps import PipelineDep, SettingsDep
 from scribe_service.errors import InputLimitError, ServiceError
 from scribe_service.library import Prototype
+from scribe_service.reload import ReloaderDep
 from scribe_service.resilience import probe
 from scribe_service.score_log import ScoreLogDep
 
@@ -44,8 +48,13 @@ router = APIRouter(
     }
 )
 
-# What a judged route may answer besides success: come back later, with Retry-After.
+# What a judged route may answer besides success: come back later, with Retry-After; or
+# never, for a request pinned to a library version that no longer serves.
 SCORING_RESPONSES: dict[int | str, dict[str, Any]] = {
+    409: {
+        "model": ErrorResponse,
+        "description": "`options.library_version` is not the serving version (named).",
+    },
     429: {"model": ErrorResponse, "description": "Too many trajectories waiting (Retry-After)."},
     503: {"model": ErrorResponse, "description": "The judge is unreachable (Retry-After)."},
 }
@@ -144,6 +153,37 @@ async def prototype(prototype_id: str, pipeline: PipelineDep) -> PrototypeDetail
         exemplars=list(found.exemplars),
         checks=list(found.checks),
     )
+
+
+@router.post(
+    "/v1/admin/reload",
+    response_model=ReloadResponse,
+    responses={
+        403: {"model": ErrorResponse, "description": "The service has no SCRIBE_API_KEY."},
+        422: {
+            "model": ErrorResponse,
+            "description": "The library does not load (the message names file and field); "
+            "the serving one stays.",
+        },
+    },
+    tags=["ops"],
+)
+async def reload_library(
+    reloader: ReloaderDep, settings: SettingsDep, body: ReloadRequest | None = None
+) -> ReloadResponse:
+    """Load, validate and swap in a prototypes directory; requests in flight finish on the
+    version they started with."""
+    # Swapping the rubrics changes every reward: only a caller holding the key may. A service
+    # with no key has no such caller (SIGHUP still reloads it).
+    if settings.api_key is None:
+        raise ServiceError(
+            403,
+            "reloading the library needs an API key: set SCRIBE_API_KEY on the service and "
+            "send it as `Authorization: Bearer <key>` (or send the process SIGHUP)",
+        )
+    directory = None if body is None or body.prototypes_dir is None else body.prototypes_dir
+    reloaded = await reloader.reload(None if directory is None else Path(directory))
+    return reloaded.response()
 
 
 @router.get("/metrics", response_class=Response, tags=["ops"])

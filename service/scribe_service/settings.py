@@ -238,6 +238,23 @@ class Settings(BaseSettings):
         description="Rotated score logs kept; the oldest beyond this is deleted.",
     )
 
+    # --- the miss log (miss_log.py, docs/reload.md) ---
+    miss_log: Path | None = Field(
+        default=None,
+        description="Append one JSON line per step routed to the fallback rubric (subgoal, "
+        "similarity, nearest prototype, library version, request metadata) to this file, "
+        "for `scribe library refresh --misses`. Unset: no log.",
+    )
+    miss_log_max_mb: float = Field(
+        default=100.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="The miss log rotates (to LOG.1, LOG.2, …) once it reaches this size, MiB.",
+    )
+    miss_log_backups: int = Field(
+        default=5, ge=1, description="Rotated miss logs kept; the oldest beyond this is deleted."
+    )
+
     # --- OpenRLHF's remote reward model (POST /get_reward) ---
     remote_rm_labels_are_outcomes: bool = Field(
         default=True,
@@ -257,6 +274,8 @@ class Settings(BaseSettings):
     def _score_log_is_a_file(self) -> Settings:
         if self.score_log is not None and self.score_log.is_dir():
             raise ValueError(f"score_log is a directory, not a file: {self.score_log}")
+        if self.miss_log is not None and self.miss_log.is_dir():
+            raise ValueError(f"miss_log is a directory, not a file: {self.miss_log}")
         return self
 
     @property

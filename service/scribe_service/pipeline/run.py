@@ -19,6 +19,11 @@ logged, counted (`check_errors`) and skipped.
 
 With a `JudgmentCache`, a deterministic judge call identical to one judged before (or in flight)
 is not made again (`judgment_cache.py`); the step then says `cached: true`.
+
+The library and its index are one `LibraryState`, which a reload (`reload.py`) replaces while
+requests run. A request reads it once and hands it down every stage, so it is routed, rendered,
+cached and answered under one version, the one its response names. A request pinned to
+another version (`options.library_version`) is refused with 409 before anything runs.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ from scribe_client.protocol import (
 )
 from scribe_service.errors import (
     InputLimitError,
+    LibraryVersionError,
     OverloadedError,
     ServiceError,
     UnavailableError,
@@ -51,6 +57,7 @@ from scribe_service.errors import (
 from scribe_service.library import Library, Prototype
 from scribe_service.limits import InputLimits
 from scribe_service.metrics import Metrics
+from scribe_service.miss_log import MissLog
 from scribe_service.pipeline import aggregate
 from scribe_service.pipeline.checks import (
     CheckFinding,
@@ -61,6 +68,7 @@ from scribe_service.pipeline.checks import (
 from scribe_service.pipeline.embed import Embedder, Vectors
 from scribe_service.pipeline.judge import Judge, JudgeError, JudgeMode, Messages, Verdict
 from scribe_service.pipeline.judgment_cache import JudgmentCache, deterministic, judgment_key
+from scribe_service.pipeline.library_state import LibraryState
 from scribe_service.pipeline.logprob import TOP_LOGPROBS
 from scribe_service.pipeline.render import render_messages
 from scribe_service.pipeline.retrieve import PrototypeIndex, Route
@@ -153,9 +161,9 @@ class Pipeline:
         failure_rule: aggregate.FailureRule | None = None,
         judgment_cache: JudgmentCache | None = None,
     ) -> None:
-        self.library = library
+        self.state = LibraryState(library, index)
+        """The library and index served now; read once per request (a reload swaps it)."""
         self.embedder = embedder
-        self.index = index
         self.judge = judge
         self.min_similarity = min_similarity
         self._max_step_chars = max_step_chars
@@ -175,6 +183,17 @@ class Pipeline:
         self.judgment_cache = judgment_cache
         if judgment_cache is not None:
             self.metrics.judgment_cache_entries.set_function(lambda: float(len(judgment_cache)))
+        self.miss_log: MissLog | None = None
+        """Where scored steps routed to the fallback are logged (SCRIBE_MISS_LOG)."""
+
+    @property
+    def library(self) -> Library:
+        """The library served now; a request uses the `state` it read when it began."""
+        return self.state.library
+
+    @property
+    def index(self) -> PrototypeIndex:
+        return self.state.index
 
     @property
     def judge_model(self) -> str:
@@ -212,12 +231,15 @@ class Pipeline:
                 raise StageError(name, exc) from exc
 
     async def _route_all(
-        self, requests: Sequence[ScoreRequest | RouteRequest], thresholds: Sequence[float]
+        self,
+        requests: Sequence[ScoreRequest | RouteRequest],
+        thresholds: Sequence[float],
+        index: PrototypeIndex,
     ) -> list[Routed]:
         """The request-wide stages: segment → embed → route."""
         segmented = self._segment(requests)
         vectors = await self._embed(segmented)
-        return self._route(segmented, vectors, thresholds)
+        return self._route(segmented, vectors, thresholds, index)
 
     def _segment(self, requests: Sequence[ScoreRequest | RouteRequest]) -> list[Segmented]:
         with self._stage("segment"):
@@ -240,13 +262,17 @@ class Pipeline:
             return await asyncio.to_thread(self.embedder.encode, subgoals)
 
     def _route(
-        self, segmented: Sequence[Segmented], vectors: Vectors, thresholds: Sequence[float]
+        self,
+        segmented: Sequence[Segmented],
+        vectors: Vectors,
+        thresholds: Sequence[float],
+        index: PrototypeIndex,
     ) -> list[Routed]:
         with self._stage("route"):
             routed, offset = [], 0
             for item, threshold in zip(segmented, thresholds, strict=True):
                 count = len(item.steps)
-                routes = self.index.route(vectors[offset : offset + count], threshold, item.steps)
+                routes = index.route(vectors[offset : offset + count], threshold, item.steps)
                 routed.append(Routed(item, routes))
                 offset += count
         self.metrics.fallback_routes.inc(sum(r.fallback for item in routed for r in item.routes))
@@ -256,14 +282,15 @@ class Pipeline:
         threshold = (
             self.min_similarity if request.min_similarity is None else request.min_similarity
         )
-        [routed] = await self._route_all([request], [threshold])
+        state = self.state
+        [routed] = await self._route_all([request], [threshold], state.index)
         return RouteResponse(
             request_id=request.request_id or uuid.uuid4().hex,
             steps=[
                 _step_route(s, r)
                 for s, r in zip(routed.segmented.steps, routed.routes, strict=True)
             ],
-            library_version=self.library.version,
+            library_version=state.version,
         )
 
     async def score(self, request: ScoreRequest) -> ScoreResponse:
@@ -271,6 +298,9 @@ class Pipeline:
         return response
 
     async def score_batch(self, requests: Sequence[ScoreRequest]) -> list[ScoreResponse]:
+        # Read once: a reload during this request does not change what it is scored with.
+        state = self.state
+        _check_pins(requests, state.version)
         if self.judge is not None and not self.judge.health.available:
             # Every step would fail anyway: say so at once, and when to come back.
             self.metrics.unavailable_rejections.inc()
@@ -290,26 +320,32 @@ class Pipeline:
         self.pending += len(requests)
         self.metrics.pending.set(self.pending)
         try:
-            return await self._score_batch(requests)
+            return await self._score_batch(requests, state)
         finally:
             self.pending -= len(requests)
             self.metrics.pending.set(self.pending)
 
-    async def _score_batch(self, requests: Sequence[ScoreRequest]) -> list[ScoreResponse]:
+    async def _score_batch(
+        self, requests: Sequence[ScoreRequest], state: LibraryState
+    ) -> list[ScoreResponse]:
         thresholds = [
             self.min_similarity if r.options.min_similarity is None else r.options.min_similarity
             for r in requests
         ]
-        routed = await self._route_all(requests, thresholds)  # segment → embed → route
+        routed = await self._route_all(requests, thresholds, state.index)  # segment → embed → route
         # Then, for each trajectory: render → judge for each step, and aggregate.
-        return list(
+        responses = list(
             await asyncio.gather(
                 *(
-                    self._judge_trajectory(req, item)
+                    self._judge_trajectory(req, item, state.library)
                     for req, item in zip(requests, routed, strict=True)
                 )
             )
         )
+        if self.miss_log is not None:
+            for response, item, threshold in zip(responses, routed, thresholds, strict=True):
+                self.miss_log.record(response, item.segmented.steps, item.routes, threshold)
+        return responses
 
     async def _judge_step(
         self,
@@ -319,6 +355,7 @@ class Pipeline:
         deadline: float | None,
         mode: JudgeMode | None,
         *,
+        library: Library,
         tools: Sequence[Mapping[str, Any]] | None = None,
         reference: str | None = None,
     ) -> StepResult:
@@ -326,7 +363,9 @@ class Pipeline:
         only. The checks' findings cap the verdict, and are reported even when judging failed."""
         base = _step_route(step, route).model_dump()
         found = self._check(segmented, step, route.prototype, tools, reference)
-        outcome = await self._render_and_judge(segmented, step, route, deadline, mode, reference)
+        outcome = await self._render_and_judge(
+            segmented, step, route, deadline, mode, library, reference
+        )
         if isinstance(outcome, StepError):
             findings = [_check_finding(f) for f in found]
             result = StepResult(
@@ -339,6 +378,8 @@ class Pipeline:
         else:
             result = _judged(base, outcome, route.prototype, found)
         self.metrics.steps.labels(result.status).inc()
+        if result.score is not None:
+            self.metrics.step_score.labels(result.prototype_id).observe(result.score)
         return result
 
     def _check(
@@ -373,6 +414,7 @@ class Pipeline:
         route: Route,
         deadline: float | None,
         mode: JudgeMode | None,
+        library: Library,
         reference: str | None = None,
     ) -> Judged | StepError:
         if self.judge is None:
@@ -381,7 +423,7 @@ class Pipeline:
         try:
             with self.metrics.stage_seconds.labels("render").time():
                 messages = render_messages(
-                    self.library,
+                    library,
                     route.prototype,
                     segmented,
                     step,
@@ -394,7 +436,7 @@ class Pipeline:
             log.exception("rendering step %d failed", step.index)
             return StepError(type="internal", message=f"render: {type(exc).__name__}: {exc}")
         with self.metrics.stage_seconds.labels("judge").time():
-            return await self._judge(messages, route, deadline, mode, step.index)
+            return await self._judge(messages, route, deadline, mode, step.index, library.version)
 
     async def _judge(
         self,
@@ -403,10 +445,11 @@ class Pipeline:
         deadline: float | None,
         mode: JudgeMode,
         index: int,
+        library_version: str,
     ) -> Judged | StepError:
         try:
             async with asyncio.timeout_at(deadline):
-                return await self._verdict(messages, route.prototype, mode)
+                return await self._verdict(messages, route.prototype, mode, library_version)
         except TimeoutError:
             message = f"request deadline of {self._request_deadline:g}s passed before a verdict"
             return StepError(type="judge_timeout", message=message)
@@ -416,7 +459,9 @@ class Pipeline:
             log.exception("judging step %d failed unexpectedly", index)
             return StepError(type="internal", message=f"judge: {type(exc).__name__}: {exc}")
 
-    async def _verdict(self, messages: Messages, prototype: Prototype, mode: JudgeMode) -> Judged:
+    async def _verdict(
+        self, messages: Messages, prototype: Prototype, mode: JudgeMode, library_version: str
+    ) -> Judged:
         """The judge's verdict, through the judgment cache where the call is deterministic."""
         judge = self.judge
         assert judge is not None  # checked by the caller
@@ -426,7 +471,7 @@ class Pipeline:
         key = judgment_key(
             judge_model=judge.backend.model,
             prototype_id=prototype.id,
-            library_version=self.library.version,
+            library_version=library_version,
             mode=mode,
             sampling=sampling,
             min_score_mass=judge.min_score_mass,
@@ -438,7 +483,9 @@ class Pipeline:
         self.metrics.judgment_cache.labels(result).inc()
         return Judged(verdict, cached=result != "miss")
 
-    async def _judge_trajectory(self, request: ScoreRequest, routed: Routed) -> ScoreResponse:
+    async def _judge_trajectory(
+        self, request: ScoreRequest, routed: Routed, library: Library
+    ) -> ScoreResponse:
         deadline = (
             None
             if self._request_deadline is None
@@ -452,6 +499,7 @@ class Pipeline:
                     route,
                     deadline,
                     request.options.judge_mode,
+                    library=library,
                     tools=request.tools,
                     reference=request.reference,
                 )
@@ -459,9 +507,11 @@ class Pipeline:
             )
         )
         with self._stage("aggregate"):
-            return self._aggregate(request, list(results))
+            return self._aggregate(request, list(results), library.version)
 
-    def _aggregate(self, request: ScoreRequest, results: list[StepResult]) -> ScoreResponse:
+    def _aggregate(
+        self, request: ScoreRequest, results: list[StepResult], library_version: str
+    ) -> ScoreResponse:
         options = request.options
         scalars = aggregate.scalars(
             [r.reward for r in results], request.outcome, options, self.failure_rule
@@ -476,11 +526,21 @@ class Pipeline:
             failure_policy=scalars.failure_policy,
             failure_reward=scalars.failure_reward,
             steps=list(results),
-            library_version=self.library.version,
+            library_version=library_version,
             judge_model=self.judge_model,
             judge=self.judge_info(options.judge_mode),
             metadata=request.metadata,
         )
+
+
+def _check_pins(requests: Sequence[ScoreRequest], serving: str) -> None:
+    """A request pinned to a library version is scored by that version or not at all: a
+    trainer comparing rewards across a run must not get a silently different rubric."""
+    for position, request in enumerate(requests):
+        pinned = request.options.library_version
+        if pinned is not None and pinned != serving:
+            prefix = f"requests[{position}]." if len(requests) > 1 else ""
+            raise LibraryVersionError(f"{prefix}options.library_version", pinned, serving)
 
 
 def _check_finding(finding: CheckFinding) -> Finding:
