@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 
 from asgi_correlation_id import CorrelationIdMiddleware
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from scribe_client.protocol import API_VERSION
 from scribe_service.auth import APIKeyMiddleware
@@ -21,14 +22,16 @@ from scribe_service.errors import install_error_handlers
 from scribe_service.library import load_library
 from scribe_service.limits import BodySizeLimitMiddleware, InputLimits
 from scribe_service.metrics import Metrics, RequestMetricsMiddleware
+from scribe_service.miss_log import MissLog
 from scribe_service.pipeline.aggregate import FailureRule
 from scribe_service.pipeline.embed import Embedder, SentenceTransformerEmbedder
 from scribe_service.pipeline.embed_cache import CachedEmbedder
 from scribe_service.pipeline.judge import EmbeddedJudge, Judge, JudgeBackend, OpenAIJudge, Sampling
 from scribe_service.pipeline.judgment_cache import JudgmentCache
+from scribe_service.pipeline.library_state import index_library
 from scribe_service.pipeline.replicas import ReplicaPool
-from scribe_service.pipeline.retrieve import PrototypeIndex
 from scribe_service.pipeline.run import Pipeline
+from scribe_service.reload import LibraryReloader, reload_on_sighup
 from scribe_service.request_ids import HEADER, AccessLogMiddleware, acceptable_request_id
 from scribe_service.resilience import JudgeHealth, RetryBudget
 from scribe_service.routes import READY_CHECK_TIMEOUT, router
@@ -86,7 +89,7 @@ async def build_pipeline(
         )
     for warning in retired_variables(os.environ):
         log.warning(warning)
-    index = await asyncio.to_thread(PrototypeIndex, library, embedder)
+    index = (await asyncio.to_thread(index_library, library, embedder)).index
     if judge_backend is None and with_judge:
         judge_backend = await asyncio.to_thread(make_judge_backend, settings)
     metrics = metrics or Metrics()
@@ -184,6 +187,19 @@ def create_app(
             registry=metrics.registry,
         )
         app.state.score_log = score_log
+        miss_log = MissLog(
+            settings.miss_log,
+            max_bytes=max(1, round(settings.miss_log_max_mb * 2**20)),
+            backups=settings.miss_log_backups,
+            registry=metrics.registry,
+        )
+        pipeline.miss_log = miss_log
+        app.state.reloader = LibraryReloader(
+            pipeline,
+            settings.prototypes_dir,
+            metrics=metrics,
+            on_swap=[lambda state: score_log.use_library(state.library)],
+        )
         probing = None
         if pipeline.judge is not None:
             # Notices a judge going away between requests, and lets it back in once it returns.
@@ -197,7 +213,8 @@ def create_app(
                 name="judge-probe",
             )
         try:
-            yield
+            async with reload_on_sighup(app.state.reloader):
+                yield
         finally:
             if probing is not None:
                 probing.cancel()
@@ -207,8 +224,13 @@ def create_app(
                 await pipeline.judge.backend.aclose()
             # Drains the writer's queue: every answered request's lines reach the file.
             await asyncio.to_thread(score_log.close)
+            await asyncio.to_thread(miss_log.close)
 
-    app = FastAPI(
+    # Swagger UI from the package's own copy, not a CDN: training clusters are often
+    # air-gapped, and a CDN-backed /docs is a blank page there. No /redoc: its bundle still
+    # fetches from cdn.redoc.ly when it renders.
+    app = FastAPIOffline(
+        redoc_url=None,
         title="scribe-reward",
         version=f"{API_VERSION}.0",
         summary="SCRIBE skill-conditioned process rewards for tool-using LLM trajectories.",

@@ -31,13 +31,27 @@ def client(settings: Settings) -> Iterator[TestClient]:
         pytest.param({"Authorization": KEY}, id="no-scheme"),
     ],
 )
-def test_every_route_but_healthz_needs_the_key(client: TestClient, headers: dict[str, str]) -> None:
+def test_every_route_but_healthz_and_docs_needs_the_key(
+    client: TestClient, headers: dict[str, str]
+) -> None:
     assert client.get("/healthz").status_code == 200
     for method, path in [("GET", "/readyz"), ("GET", "/v1/prototypes"), ("POST", "/v1/score")]:
         response = client.request(method, path, headers=headers, json={"completion": "a"})
         assert response.status_code == 401, path
         assert response.json()["error"]["type"] == "unauthorized"
         assert response.headers["www-authenticate"] == "Bearer"
+
+
+def test_the_documentation_opens_without_the_key(client: TestClient) -> None:
+    page = client.get("/docs")
+    assert page.status_code == 200
+    assets = [a for a in page.text.split('"') if a.startswith("/static-offline-docs/")]
+    assert assets, "the page names none of its own assets"
+    assert all(client.get(asset).status_code == 200 for asset in assets)
+    assert "/v1/score" in client.get("/openapi.json").json()["paths"]
+    # The prefix opens the assets only, not a path that merely starts like them.
+    for path in ("/static-offline-docsx", "/docs/x", "/openapi.jsonx"):
+        assert client.get(path).status_code == 401, path
 
 
 def test_the_right_key_passes(client: TestClient) -> None:
