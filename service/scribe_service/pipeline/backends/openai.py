@@ -96,6 +96,7 @@ class OpenAIJudge:
         dialect: Dialect = "auto",
         timeout: float = 120.0,
         transport: httpx.AsyncBaseTransport | None = None,
+        max_connections: int = 100,
     ) -> None:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.url = _api_base(url)
@@ -104,6 +105,12 @@ class OpenAIJudge:
             headers=headers,
             timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
             transport=transport,
+            # One connection per call in flight, all kept alive: httpx's default pool (100, 20
+            # kept) would queue calls past 100 inside the client, where the judge's batch cannot
+            # see them, and reconnect for most calls above 20.
+            limits=httpx.Limits(
+                max_connections=max_connections, max_keepalive_connections=max_connections
+            ),
         )
         self._model = model
         self._dialect: str | None = None if dialect == "auto" else dialect
