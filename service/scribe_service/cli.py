@@ -28,6 +28,7 @@ from scribe_service.auth import is_loopback
 from scribe_service.errors import ServiceError
 from scribe_service.evaluation.cli import add_eval_parser
 from scribe_service.library import LibraryError, load_library
+from scribe_service.library_build.cli import add_library_parser
 from scribe_service.settings import Settings
 
 console = Console()
@@ -271,6 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     listing = commands.add_parser("prototypes", help="list the skill-prototype library")
     listing.set_defaults(run=_prototypes)
     add_eval_parser(commands)
+    add_library_parser(commands)
     return parser
 
 

@@ -140,11 +140,16 @@ def load_prototype(path: Path) -> Prototype:
     return prototype
 
 
+MANIFEST = "library.toml"
+"""A built library's manifest (`scribe library build`): it lies beside the prototypes, is not one
+of them, and does not enter the version (a rebuild of the same rubrics is the same library)."""
+
+
 def load_library(directory: Path) -> Library:
     """Load and validate every `*.toml` prototype and the judge templates under `directory`."""
     if not directory.is_dir():
         raise LibraryError(f"{directory}: prototypes directory not found")
-    files = sorted(directory.glob("*.toml"))
+    files = sorted(p for p in directory.glob("*.toml") if p.name != MANIFEST)
     prototypes = {p.id: p for p in map(load_prototype, files)}
     fallbacks = [p for p in prototypes.values() if p.fallback]
     if len(fallbacks) != 1:
