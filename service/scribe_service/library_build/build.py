@@ -118,7 +118,7 @@ class BuildResult:
 
 
 @dataclass(frozen=True)
-class _Subgoals:
+class Subgoals:
     """The distinct subgoals of the input (clustering works on these), and each step's row."""
 
     texts: list[str]
@@ -127,11 +127,11 @@ class _Subgoals:
     """`rows[i]`: the row of step i's subgoal."""
 
 
-def _embed(steps: Sequence[BuildStep], embedder: Embedder) -> _Subgoals:
+def embed_subgoals(steps: Sequence[BuildStep], embedder: Embedder) -> Subgoals:
     index: dict[str, int] = {}
     rows = [index.setdefault(step.subgoal, len(index)) for step in steps]
     texts = list(index)
-    return _Subgoals(texts, embedder.encode(texts), rows)
+    return Subgoals(texts, embedder.encode(texts), rows)
 
 
 def coverage(
@@ -147,11 +147,11 @@ def coverage(
     return [None if route.fallback else route.prototype.id for route in routes]
 
 
-def _share(routed: Sequence[str | None]) -> float | None:
+def share(routed: Sequence[str | None]) -> float | None:
     return round(sum(r is not None for r in routed) / len(routed), 4) if routed else None
 
 
-def _members(group: Cluster, subgoals: _Subgoals, steps: Sequence[BuildStep]) -> list[BuildStep]:
+def _members(group: Cluster, subgoals: Subgoals, steps: Sequence[BuildStep]) -> list[BuildStep]:
     """The cluster's steps, most typical first (nearest the centroid), so the few members a
     prompt shows are representative ones."""
     rows = set(group.members)
@@ -162,8 +162,8 @@ def _members(group: Cluster, subgoals: _Subgoals, steps: Sequence[BuildStep]) ->
     return [steps[chosen[int(i)]] for i in order]
 
 
-def _brief(
-    key: str, group: Cluster, subgoals: _Subgoals, steps: Sequence[BuildStep], max_exemplars: int
+def cluster_brief(
+    key: str, group: Cluster, subgoals: Subgoals, steps: Sequence[BuildStep], max_exemplars: int
 ) -> ClusterBrief:
     members = _members(group, subgoals, steps)
     exemplars = spread_members(subgoals.vectors, group.members, max_exemplars)
@@ -176,7 +176,7 @@ def _brief(
     )
 
 
-def _unique_id(wanted: str, taken: set[str]) -> str:
+def unique_id(wanted: str, taken: set[str]) -> str:
     ident = wanted if wanted and wanted not in _RESERVED_IDS else f"skill_{wanted}".rstrip("_")
     candidate, n = ident, 1
     while candidate in taken or candidate in _RESERVED_IDS:
@@ -186,12 +186,12 @@ def _unique_id(wanted: str, taken: set[str]) -> str:
     return candidate
 
 
-def _base_files(directory: Path) -> dict[str, Path]:
+def base_files(directory: Path) -> dict[str, Path]:
     return {p.name: p for p in sorted(directory.glob("*.toml")) if p.name not in _NOT_PROTOTYPES}
 
 
-def _cluster_entry(
-    key: str, group: Cluster, subgoals: _Subgoals, steps: Sequence[BuildStep]
+def cluster_entry(
+    key: str, group: Cluster, subgoals: Subgoals, steps: Sequence[BuildStep]
 ) -> dict[str, Any]:
     members = _members(group, subgoals, steps)
     labels = Counter(m.label for m in members)
@@ -232,14 +232,14 @@ async def build_library(
     if not steps:
         raise BuildError(f"{options.data}: the records have no steps with a subgoal")
     progress(f"{len(records)} records, {len(steps)} steps; embedding their subgoals")
-    subgoals = _embed(steps, embedder)
+    subgoals = embed_subgoals(steps, embedder)
     step_vectors = subgoals.vectors[subgoals.rows]
     before = coverage(base, embedder, steps, step_vectors, min_similarity)
 
     clustering = cluster(subgoals.vectors, threshold=options.threshold, min_size=options.min_size)
     keys = [f"cluster_{i}" for i in range(len(clustering.kept))]
     entries = [
-        _cluster_entry(k, g, subgoals, steps) for k, g in zip(keys, clustering.kept, strict=True)
+        cluster_entry(k, g, subgoals, steps) for k, g in zip(keys, clustering.kept, strict=True)
     ]
     progress(
         f"{len(subgoals.texts)} distinct subgoals → {len(clustering.kept)} clusters "
@@ -268,7 +268,7 @@ async def build_library(
     built: list[Prototype] = []
     failed: list[DistilFailure] = []
     for n, i in enumerate(to_distil, start=1):
-        brief = _brief(keys[i], clustering.kept[i], subgoals, steps, options.max_exemplars)
+        brief = cluster_brief(keys[i], clustering.kept[i], subgoals, steps, options.max_exemplars)
         progress(f"distilling {brief.key} ({n}/{len(to_distil)}, {brief.steps} steps)")
         outcome = await distil(
             backend,
@@ -279,7 +279,7 @@ async def build_library(
             limits=options.limits,
         )
         if isinstance(outcome, Distilled):
-            ident = _unique_id(slug(outcome.prototype.name), taken)
+            ident = unique_id(slug(outcome.prototype.name), taken)
             prototype = outcome.prototype.model_copy(update={"id": ident})
             built.append(prototype)
             entries[i]["outcome"] = f"built {ident} ({outcome.attempts} attempt(s))"
@@ -292,7 +292,7 @@ async def build_library(
             entries[i]["outcome"] = f"failed after {outcome.attempts} attempt(s)"
 
     if options.base:
-        copied = {n: p for n, p in _base_files(base_dir).items() if Path(n).stem not in extended}
+        copied = {n: p for n, p in base_files(base_dir).items() if Path(n).stem not in extended}
     else:
         copied = {f"{base.fallback.id}.toml": base_dir / f"{base.fallback.id}.toml"}
     staging = stage_library(
@@ -339,10 +339,10 @@ async def build_library(
             "extended": sorted(extended),
             "failed": [asdict(f) for f in failed],
             "coverage": {
-                "before": _share(before),
+                "before": share(before),
                 "before_library": f"{base_dir} ({base.version})",
-                "after": _share(after),
-                "routed_to_built": _share([r if r in built_ids else None for r in after]),
+                "after": share(after),
+                "routed_to_built": share([r if r in built_ids else None for r in after]),
                 "min_similarity": min_similarity,
             },
             "seconds": round(time.monotonic() - started, 1),
@@ -373,7 +373,7 @@ async def build_library(
 
 def _merge_targets(
     clustering: Clustering,
-    subgoals: _Subgoals,
+    subgoals: Subgoals,
     base: Library,
     embedder: Embedder,
     options: BuildOptions,

@@ -1,4 +1,5 @@
-"""`scribe library build DATA.jsonl --out DIR`: the command line of build.py.
+"""`scribe library build DATA.jsonl --out DIR` and `scribe library refresh --misses LOG --base
+DIR --out DIR2`: the command lines of build.py and refresh.py.
 
 Judge settings come from the SCRIBE_* environment exactly as for `scribe serve` (a judge
 server with SCRIBE_JUDGE_URL, else the embedded model). Registration stays light: models load
@@ -79,16 +80,127 @@ async def _build(args: argparse.Namespace) -> int:
     return EXIT_FAILED if report["failed"] else EXIT_OK
 
 
+async def _refresh(args: argparse.Namespace) -> int:
+    from scribe_service.app import make_judge_backend
+    from scribe_service.library_build.refresh import (
+        RefreshOptions,
+        refresh_library,
+        usable_misses,
+    )
+    from scribe_service.pipeline.embed import SentenceTransformerEmbedder
+    from scribe_service.settings import Settings
+
+    settings = Settings()
+    options = RefreshOptions(
+        misses=args.misses,
+        base=args.base,
+        out=args.out,
+        min_size=args.min_size,
+        threshold=args.threshold,
+        merge_threshold=args.merge_threshold,
+        max_exemplars=args.max_exemplars,
+        max_attempts=args.max_attempts,
+        max_tokens=args.max_tokens,
+        timeout=settings.judge_timeout if "judge_timeout" in settings.model_fields_set else None,
+        seed=settings.judge_seed,
+    )
+    options.check()
+    misses = usable_misses(options.misses)  # an unusable log is refused before any model loads
+    stderr.print(f"{len(misses.steps)} usable miss lines; loading the embedder and the judge…")
+    embedder = await asyncio.to_thread(
+        SentenceTransformerEmbedder,
+        settings.embedding_model,
+        batch_size=settings.embedding_batch_size,
+    )
+    backend = await asyncio.to_thread(make_judge_backend, settings)
+    try:
+        result = await refresh_library(
+            options,
+            backend=backend,
+            embedder=embedder,
+            min_similarity=settings.min_similarity,
+            misses=misses,
+            progress=lambda line: stderr.print(escape(line), soft_wrap=True),
+        )
+    finally:
+        await backend.aclose()
+    report = result.report
+    coverage = report["coverage"]
+    stderr.print(
+        f"wrote {result.out} (library {result.library.version}): {len(result.built)} new "
+        f"prototypes beside the base's, untouched; {len(report['close_to_base'])} clusters close "
+        f"to a base prototype left alone, {len(report['failed'])} failed; coverage of the "
+        f"misses {coverage['before']} → {coverage['after']}; see build-report.md",
+        soft_wrap=True,
+    )
+    return EXIT_FAILED if report["failed"] else EXIT_OK
+
+
 def _run(args: argparse.Namespace) -> int:
     try:
-        return asyncio.run(_build(args))
+        return asyncio.run(_build(args) if args.library_command == "build" else _refresh(args))
+    except BuildError as exc:
+        stderr.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
+        return EXIT_USAGE
+
+
+def _fit_router(args: argparse.Namespace) -> int:
+    from scribe_service.library import LibraryError, load_library
+    from scribe_service.library_build.router_fit import (
+        fit_routers,
+        library_pairs,
+        read_labels,
+        save_router,
+        table,
+    )
+    from scribe_service.pipeline.embed import SentenceTransformerEmbedder
+    from scribe_service.settings import Settings
+
+    try:
+        library = load_library(args.library)
+    except LibraryError as exc:
+        raise BuildError(f"library: {exc}") from exc
+    pairs = read_labels(args.labels, library) if args.labels else library_pairs(library)
+    settings = Settings()
+    stderr.print(f"{len(pairs)} pairs; loading the embedder…")
+    embedder = SentenceTransformerEmbedder(
+        settings.embedding_model, batch_size=settings.embedding_batch_size
+    )
+    fit = fit_routers(
+        library,
+        embedder,
+        pairs,
+        pairs_from=str(args.labels) if args.labels else "the library's exemplars",
+        min_similarity=settings.min_similarity,
+        holdout=args.holdout,
+        seed=args.seed,
+    )
+    written = save_router(
+        args.library,
+        fit,
+        library_version=library.version,
+        embedding_model=embedder.name,
+        seed=args.seed,
+    )
+    Console().print(table(fit), markup=False, soft_wrap=True)
+    stderr.print(
+        f"chose {fit.chosen} (threshold {fit.threshold:.4f}); wrote "
+        + ", ".join(str(p) for p in written),
+        soft_wrap=True,
+    )
+    return EXIT_OK
+
+
+def _run_router(args: argparse.Namespace) -> int:
+    try:
+        return _fit_router(args)
     except BuildError as exc:
         stderr.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
         return EXIT_USAGE
 
 
 def add_library_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Register `library build`."""
+    """Register `library build`, `library refresh` and `router fit`."""
     library = commands.add_parser("library", help="build a skill-prototype library from data")
     actions = library.add_subparsers(dest="library_command", required=True)
     build = actions.add_parser(
@@ -104,24 +216,63 @@ def add_library_parser(commands: argparse._SubParsersAction[argparse.ArgumentPar
     build.add_argument("--limit", type=int, help="use only the first N records")
     build.add_argument("--sample", type=int, help="a seeded random N of the records")
     build.add_argument("--sample-seed", type=int, default=0)
-    build.add_argument(
+    _add_shared_options(build)
+    build.set_defaults(run=_run)
+
+    refresh = actions.add_parser(
+        "refresh",
+        help="new prototypes from the miss log (SCRIBE_MISS_LOG); base prototypes untouched",
+        epilog=f"exit status: {EXIT_OK} written; {EXIT_FAILED} written, but some cluster gave "
+        f"no valid prototype; {EXIT_USAGE} no usable miss lines, or bad options. Reads LOG and "
+        "its rotated files LOG.1, LOG.2, …. A cluster close to a base prototype adds nothing "
+        "to it (the report names it). See docs/reload.md.",
+    )
+    refresh.add_argument("--misses", type=Path, required=True, help="the miss log (JSONL)")
+    refresh.add_argument("--base", type=Path, required=True, help="the library to extend")
+    refresh.add_argument("--out", type=Path, required=True, help="the new library directory")
+    _add_shared_options(refresh)
+    refresh.set_defaults(run=_run)
+
+    # `router fit` is registered here too: it fits a router to a library this module builds.
+    router = commands.add_parser("router", help="fit a router to a skill-prototype library")
+    router_actions = router.add_subparsers(dest="router_command", required=True)
+    fit = router_actions.add_parser(
+        "fit",
+        help="compare the nearest-exemplar rule and a logistic regression on held-out pairs; "
+        "save the better one beside the library",
+        epilog=f"exit status: {EXIT_OK} fitted and saved (router.json, and router.npz for the "
+        f"regression); {EXIT_USAGE} unusable library, labels or options.",
+    )
+    fit.add_argument("--library", type=Path, required=True, help="the library directory")
+    fit.add_argument(
+        "--labels",
+        type=Path,
+        help='hand-labelled JSONL {"subgoal": …, "prototype_id": …} (else: the exemplars)',
+    )
+    fit.add_argument("--holdout", type=float, default=0.25, help="held-out share (0.25)")
+    fit.add_argument("--seed", type=int, default=0)
+    fit.set_defaults(run=_run_router)
+
+
+def _add_shared_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
         "--min-size", type=int, default=5, help="distinct subgoals a cluster needs (min 5)"
     )
-    build.add_argument(
+    parser.add_argument(
         "--threshold",
         type=float,
         default=0.5,
         help="cluster cut: mean cosine similarity within a cluster (default 0.5)",
     )
-    build.add_argument(
+    parser.add_argument(
         "--merge-threshold",
         type=float,
         default=0.6,
-        help="with --base: a cluster this close to a base exemplar extends that prototype",
+        help="a cluster this close to a base exemplar extends that prototype (build --base) "
+        "or is left alone (refresh: base prototypes are never edited)",
     )
-    build.add_argument("--max-exemplars", type=int, default=16)
-    build.add_argument(
+    parser.add_argument("--max-exemplars", type=int, default=16)
+    parser.add_argument(
         "--max-attempts", type=int, default=4, help="judge calls per cluster before it fails"
     )
-    build.add_argument("--max-tokens", type=int, default=1500, help="per distillation call")
-    build.set_defaults(run=_run)
+    parser.add_argument("--max-tokens", type=int, default=1500, help="per distillation call")
