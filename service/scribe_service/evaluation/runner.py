@@ -185,7 +185,9 @@ async def route_records(pipeline: Pipeline, records: Sequence[Record]) -> list[l
     for record, seg in zip(records, segmented, strict=True):
         count = len(seg.steps)
         routes = pipeline.index.route(
-            vectors[offset : offset + count], pipeline.min_similarity, seg.steps
+            vectors[offset : offset + count],
+            pipeline.index.default_min_similarity(pipeline.min_similarity),
+            seg.steps,
         )
         offset += count
         items.append(

@@ -16,6 +16,12 @@ no answer at all, and that rubric's level 0 is "no answer is given".
 The index is exact (flat) while a library is small, as every bundled one is, and inverted
 lists (IVF) above `FLAT_MAX_ROWS` exemplars, where a flat scan no longer fits the per-subgoal
 budget (bench/suite.py measures both: `routing_100k_p50_ms`, `routing_100k_recall`).
+
+A library may carry a fitted router (`pipeline/router.py`). A nearest-exemplar one only
+calibrates the threshold (`default_min_similarity`). A logistic-regression one chooses the
+prototype itself: the top class among those the step is eligible for, the fallback below its
+confidence threshold; the similarity reported is still the cosine to the chosen prototype's
+nearest exemplar, so a response means what it meant without a router.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ import numpy.typing as npt
 from scribe_service.library import Library, Prototype, Signal
 from scribe_service.pipeline.checks import final_answer_span
 from scribe_service.pipeline.embed import Embedder, Vectors
+from scribe_service.pipeline.router import FittedRouter
 from scribe_service.pipeline.segment import Step
 
 FLAT_MAX_ROWS = 20_000
@@ -59,6 +66,9 @@ class Route:
     fallback: bool
     nearest: Prototype
     """The best-matching routable prototype, even when the fallback was used."""
+    confidence: float | None = None
+    """The fitted router's probability for `nearest`; None when the nearest-exemplar rule
+    chose it."""
 
 
 def step_signals(step: Step) -> frozenset[Signal]:
@@ -72,8 +82,16 @@ def step_signals(step: Step) -> frozenset[Signal]:
     return frozenset(signals)
 
 
+def _eligible(signals: frozenset[Signal] | None, requires: frozenset[Signal]) -> bool:
+    """Whether a step showing `signals` may route to a prototype that `requires` them (None:
+    a bare subgoal, eligible for every prototype)."""
+    return signals is None or signals >= requires
+
+
 class PrototypeIndex:
-    def __init__(self, library: Library, embedder: Embedder) -> None:
+    def __init__(
+        self, library: Library, embedder: Embedder, router: FittedRouter | None = None
+    ) -> None:
         owners: list[Prototype] = []
         phrasings: list[str] = []
         for prototype in library.routable():
@@ -94,6 +112,20 @@ class PrototypeIndex:
         self._fallback = library.fallback
         self._gated = any(p.requires for p in owners)
         self.size = len(owners)
+        self.router = router
+        if router is not None and router.logistic is not None:
+            # Per class of the regression: its prototype and exemplar vectors (the reported
+            # similarity is the chosen prototype's nearest exemplar, whatever chose it).
+            self._classes = [library.prototypes[c] for c in router.logistic.classes]
+            self._class_vectors = [
+                vectors[[row for row, owner in enumerate(owners) if owner.id == c]]
+                for c in router.logistic.classes
+            ]
+
+    def default_min_similarity(self, configured: float) -> float:
+        """The cosine floor where a request sets none: the configured one, or what this
+        library's fitted router replaces it with."""
+        return configured if self.router is None else self.router.default_min_similarity()
 
     @property
     def exact(self) -> bool:
@@ -114,6 +146,8 @@ class PrototypeIndex:
             if self._gated and steps is not None
             else [None] * len(vectors)
         )
+        if self.router is not None and self.router.logistic is not None:
+            return self._route_by_router(self.router, vectors, min_similarity, signals)
         scores, rows = self._nearest(np.ascontiguousarray(vectors), signals)
         routes = []
         for similarity, row in zip(scores.tolist(), rows.tolist(), strict=True):
@@ -129,6 +163,39 @@ class PrototypeIndex:
             )
         return routes
 
+    def _route_by_router(
+        self,
+        router: FittedRouter,
+        vectors: Vectors,
+        min_similarity: float,
+        signals: Sequence[frozenset[Signal] | None],
+    ) -> list[Route]:
+        probabilities = router.probabilities(vectors)
+        routes = []
+        for vector, probs, shown in zip(vectors, probabilities, signals, strict=True):
+            eligible = np.asarray([_eligible(shown, frozenset(p.requires)) for p in self._classes])
+            if not eligible.any():
+                routes.append(Route(self._fallback, -1.0, True, self._fallback))
+                continue
+            # Masked, not renormalised: the router's probability of a class the step cannot
+            # take stays spent, so a step it would have sent elsewhere is not routed with a
+            # confidence the calibration never saw; it falls back instead.
+            best = int(np.where(eligible, probs, -1.0).argmax())
+            chosen = self._classes[best]
+            similarity = float((self._class_vectors[best] @ vector).max())
+            confidence = float(probs[best])
+            fallback = confidence < router.threshold or similarity < min_similarity
+            routes.append(
+                Route(
+                    prototype=self._fallback if fallback else chosen,
+                    similarity=round(similarity, 4),
+                    fallback=fallback,
+                    nearest=chosen,
+                    confidence=round(confidence, 4),
+                )
+            )
+        return routes
+
     def _nearest(
         self, vectors: Vectors, signals: Sequence[frozenset[Signal] | None]
     ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
@@ -139,7 +206,7 @@ class PrototypeIndex:
         with _one_search_thread():
             for group in self._groups:
                 eligible = np.asarray(
-                    [i for i, s in enumerate(signals) if s is None or s >= group.requires],
+                    [i for i, s in enumerate(signals) if _eligible(s, group.requires)],
                     dtype=np.int64,
                 )
                 if len(eligible) == 0:
