@@ -54,6 +54,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from embed_fast import measure as measure_embedding  # noqa: E402
 from soak import read_memory  # noqa: E402
 
 from support import free_port, stop, wait_for  # noqa: E402
@@ -82,8 +83,6 @@ NOT_MEASURED = {
     "llama.cpp) and the hand-written direct judge beside the service",
     "cache_hit_rate_grpo": "not measured in this run: the judge server's prefix-cache hit rate "
     "(vLLM's own metrics) on the GRPO-like workload",
-    "embed_speedup": "not measured in this run: no fast embedding path (ONNX/OpenVINO) yet",
-    "routing_agreement": "not measured in this run: no fast embedding path to compare with torch",
 }
 Record = dict[str, Any]
 Floats = npt.NDArray[np.float32]
@@ -565,9 +564,19 @@ def main() -> None:
     started, load_at_start = time.time(), os.getloadavg()
     figures, context = bench_service(records, args.quick)
     routing, routing_context = bench_routing(records, args.quick)
+    # The fast embedding path against torch: routing decisions over the dev steps and encode
+    # throughput, side by side (bench/embed_fast.py; about 30 min in full on 2 busy cores).
+    embedding = measure_embedding(
+        args.data, limit=40 if args.quick else None, throughput_texts=128 if args.quick else 512
+    )
     context = {
         **context,
         **routing_context,
+        "embedding": {
+            "backend": embedding["embed_backend"],
+            "speedup_batch1": embedding["embed_speedup_batch1"],
+            **embedding["details"],
+        },
         "quick": args.quick,
         "command": " ".join(["scripts/bench", *sys.argv[1:]]),
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
@@ -577,7 +586,8 @@ def main() -> None:
         "load_average_at_start": [round(x, 2) for x in load_at_start],
         "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
     }
-    document = report({**figures, **routing}, context)
+    fast = {key: embedding[key] for key in ("embed_speedup", "routing_agreement")}
+    document = report({**figures, **routing, **fast}, context)
     args.out.write_text(json.dumps(document, indent=2) + "\n")
     print_table(document)
 

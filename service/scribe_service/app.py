@@ -24,7 +24,8 @@ from scribe_service.limits import BodySizeLimitMiddleware, InputLimits
 from scribe_service.metrics import Metrics, RequestMetricsMiddleware
 from scribe_service.miss_log import MissLog
 from scribe_service.pipeline.aggregate import FailureRule
-from scribe_service.pipeline.embed import Embedder, SentenceTransformerEmbedder
+from scribe_service.pipeline.embed import Embedder, make_embedder
+from scribe_service.pipeline.embed_batch import CoalescingEmbedder
 from scribe_service.pipeline.embed_cache import CachedEmbedder
 from scribe_service.pipeline.judge import EmbeddedJudge, Judge, JudgeBackend, OpenAIJudge, Sampling
 from scribe_service.pipeline.judgment_cache import JudgmentCache
@@ -50,6 +51,7 @@ def make_judge_backend(settings: Settings) -> JudgeBackend:
                 api_key=settings.judge_api_key,
                 dialect=settings.judge_dialect,
                 timeout=settings.judge_timeout,
+                max_connections=settings.judge_concurrency,
             )
             for url in settings.judge_urls
         ]
@@ -83,16 +85,28 @@ async def build_pipeline(
     library = load_library(settings.prototypes_dir)
     if embedder is None:
         embedder = await asyncio.to_thread(
-            SentenceTransformerEmbedder,
+            make_embedder,
             settings.embedding_model,
+            backend=settings.embedding_backend,
+            device=settings.embedding_device,
             batch_size=settings.embedding_batch_size,
+            cache_dir=settings.cache_dir,
         )
     for warning in retired_variables(os.environ):
         log.warning(warning)
-    index = (await asyncio.to_thread(index_library, library, embedder)).index
+    index = (
+        await asyncio.to_thread(index_library, library, embedder, settings.prototypes_dir)
+    ).index
     if judge_backend is None and with_judge:
         judge_backend = await asyncio.to_thread(make_judge_backend, settings)
     metrics = metrics or Metrics()
+    if settings.embedding_batch_window_ms:
+        # Under the cache: only its misses wait for the window.
+        embedder = CoalescingEmbedder(
+            embedder,
+            window=settings.embedding_batch_window_ms / 1000,
+            max_batch=settings.embedding_batch_max,
+        )
     if settings.embedding_cache_entries:
         # After the index: the exemplars are encoded once, and would only crowd out subgoals.
         embedder = _cached_embedder(embedder, settings.embedding_cache_entries, metrics)

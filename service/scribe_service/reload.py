@@ -34,8 +34,10 @@ from fastapi import Depends, Request
 from scribe_client.protocol import ReloadResponse
 from scribe_service.errors import InvalidLibraryError, ServiceError
 from scribe_service.library import LibraryError, load_library
+from scribe_service.library_build.router_fit import ROUTER_JSON
 from scribe_service.metrics import Metrics
 from scribe_service.pipeline.embed import Embedder, Vectors
+from scribe_service.pipeline.embed_batch import CoalescingEmbedder
 from scribe_service.pipeline.embed_cache import CachedEmbedder
 from scribe_service.pipeline.library_state import LibraryState, index_library
 from scribe_service.pipeline.run import Pipeline
@@ -85,8 +87,10 @@ class _InChunks:
 def _index_embedder(embedder: Embedder) -> Embedder:
     # Exemplars are encoded once per reload; in the subgoal cache they would only crowd out
     # the subgoals it exists for.
-    inner = embedder.inner if isinstance(embedder, CachedEmbedder) else embedder
-    return _InChunks(inner)
+    # Nor should they wait on the batching window meant for concurrent requests' subgoals.
+    while isinstance(embedder, CachedEmbedder | CoalescingEmbedder):
+        embedder = embedder.inner
+    return _InChunks(embedder)
 
 
 class LibraryReloader:
@@ -140,11 +144,22 @@ class LibraryReloader:
             raise InvalidLibraryError(
                 f"library not reloaded, version {previous.version} keeps serving: {exc}"
             ) from exc
-        if library.version == previous.version:
+        # A router is no part of the version: one fitted (or removed) since is a change too.
+        router_file = (directory / ROUTER_JSON).is_file()
+        if (
+            library.version == previous.version
+            and not router_file
+            and previous.index.router is None
+        ):
             return previous
         embedder = _index_embedder(self.pipeline.embedder)
         try:
-            return await asyncio.to_thread(index_library, library, embedder)
+            return await asyncio.to_thread(index_library, library, embedder, directory)
+        except LibraryError as exc:  # the router beside it does not fit it
+            self._metrics.library_reloads.labels("invalid").inc()
+            raise InvalidLibraryError(
+                f"library not reloaded, version {previous.version} keeps serving: {exc}"
+            ) from exc
         except Exception as exc:
             self._metrics.library_reloads.labels("failed").inc()
             log.exception("indexing the library at %s failed", directory)

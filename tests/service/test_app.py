@@ -338,6 +338,7 @@ def test_identical_requests_are_judged_once_and_say_so(settings: Settings) -> No
 def test_with_the_caches_off_every_step_is_judged_and_encoded(settings: Settings) -> None:
     settings.judgment_cache = False
     settings.embedding_cache_entries = 0
+    settings.embedding_batch_window_ms = 0
     judge, embedder = FakeJudge(), FakeEmbedder()
     with TestClient(create_app(settings, embedder=embedder, judge_backend=judge)) as client:
         results = [_score(client, {"messages": MESSAGES}) for _ in range(2)]

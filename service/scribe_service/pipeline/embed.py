@@ -10,7 +10,8 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Sequence
-from typing import Protocol
+from pathlib import Path
+from typing import Literal, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -18,6 +19,7 @@ import numpy.typing as npt
 from scribe_service.settings import BUNDLED_EMBEDDER
 
 Vectors = npt.NDArray[np.float32]
+EmbeddingBackend = Literal["torch", "onnx", "onnx-int8"]
 
 
 class EmbeddingError(Exception):
@@ -47,17 +49,18 @@ def resolve_model_path(name: str) -> str:
 
 
 class SentenceTransformerEmbedder:
-    """A sentence-transformers model on CPU; `encode` is serialised (torch already uses
-    every core for one batch, and concurrent batches would only contend)."""
+    """A sentence-transformers model run by torch on `device` (cpu, or cuda when asked);
+    `encode` is serialised (torch already uses every core for one batch, and concurrent
+    batches would only contend)."""
 
-    def __init__(self, name: str, *, batch_size: int = 64) -> None:
+    def __init__(self, name: str, *, batch_size: int = 64, device: str = "cpu") -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         from sentence_transformers import SentenceTransformer
 
         path = resolve_model_path(name)
         try:
-            self._model = SentenceTransformer(path, device="cpu")
+            self._model = SentenceTransformer(path, device=device)
         except Exception as exc:  # any loader failure means the same thing to the operator
             raise EmbeddingError(f"cannot load embedding model {path!r}: {exc}") from exc
         self.name = name
@@ -85,3 +88,26 @@ class SentenceTransformerEmbedder:
                 show_progress_bar=False,
             )
         return np.ascontiguousarray(vectors, dtype=np.float32)
+
+
+def make_embedder(
+    name: str,
+    *,
+    backend: EmbeddingBackend = "torch",
+    device: str = "cpu",
+    batch_size: int = 64,
+    cache_dir: Path,
+) -> Embedder:
+    """The configured embedder: torch, or the same model under ONNX Runtime (fp32 or int8,
+    exported once into `cache_dir`)."""
+    if backend == "torch":
+        return SentenceTransformerEmbedder(name, batch_size=batch_size, device=device)
+    from scribe_service.pipeline.embed_onnx import OnnxEmbedder
+
+    return OnnxEmbedder(
+        name,
+        cache_dir=cache_dir,
+        quantized=backend == "onnx-int8",
+        batch_size=batch_size,
+        device=device,
+    )

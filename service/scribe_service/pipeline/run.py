@@ -279,10 +279,12 @@ class Pipeline:
         return routed
 
     async def route(self, request: RouteRequest) -> RouteResponse:
-        threshold = (
-            self.min_similarity if request.min_similarity is None else request.min_similarity
-        )
         state = self.state
+        threshold = (
+            state.index.default_min_similarity(self.min_similarity)
+            if request.min_similarity is None
+            else request.min_similarity
+        )
         [routed] = await self._route_all([request], [threshold], state.index)
         return RouteResponse(
             request_id=request.request_id or uuid.uuid4().hex,
@@ -328,8 +330,10 @@ class Pipeline:
     async def _score_batch(
         self, requests: Sequence[ScoreRequest], state: LibraryState
     ) -> list[ScoreResponse]:
+        # A router fitted for the library replaces the configured threshold, not a request's.
+        default = state.index.default_min_similarity(self.min_similarity)
         thresholds = [
-            self.min_similarity if r.options.min_similarity is None else r.options.min_similarity
+            default if r.options.min_similarity is None else r.options.min_similarity
             for r in requests
         ]
         routed = await self._route_all(requests, thresholds, state.index)  # segment → embed → route

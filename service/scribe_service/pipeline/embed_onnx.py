@@ -1,0 +1,228 @@
+"""Stage 2a, fast path: the same sentence-transformers model run by ONNX Runtime (fp32 or int8).
+
+sentence-transformers' own ONNX backend goes through optimum-onnx, whose releases pin
+transformers < 4.58, below what the service runs; so the model is exported here instead, once,
+with torch's exporter, from the packaged weights (no hub), into the cache directory under a key
+made of the weights' and config's hashes: a new model or a new export recipe gets a new file,
+and site-packages is never written. int8 is onnxruntime's dynamic quantization of that file.
+
+Only the plain text-embedding layout is supported (a Transformer, mean pooling, an optional
+Normalize), which is what all-MiniLM-L6-v2 and its kin are; anything else is refused with an
+`EmbeddingError` rather than embedded differently from the torch path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import threading
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from scribe_service.pipeline.embed import EmbeddingError, Vectors, resolve_model_path
+
+# Part of the cache key: bump it when the export recipe changes, so old files are not reused.
+EXPORT_RECIPE = "torchscript-opset17-v1"
+INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
+_MISSING_EXTRA = (
+    "the onnx embedding backends need the `fast-embed` extra: "
+    "pip install 'scribe-reward[fast-embed]' (or set SCRIBE_EMBEDDING_BACKEND=torch)"
+)
+_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise EmbeddingError(f"cannot read {path}: {exc}") from exc
+
+
+def check_layout(model_dir: Path) -> int:
+    """The model's max sequence length, once its modules are known to be Transformer → mean
+    pooling (→ Normalize): the pipeline this module reproduces."""
+    modules = _read_json(model_dir / "modules.json")
+    kinds = [str(module.get("type", "")).rsplit(".", 1)[-1] for module in modules]
+    if kinds not in (["Transformer", "Pooling"], ["Transformer", "Pooling", "Normalize"]):
+        raise EmbeddingError(
+            f"{model_dir}: the onnx backends support Transformer → Pooling "
+            f"(→ Normalize) models, this one is {kinds}"
+        )
+    pooling_dir = model_dir / modules[1].get("path", "1_Pooling")
+    pooling = _read_json(pooling_dir / "config.json")
+    mean = pooling.get("pooling_mode_mean_tokens") or pooling.get("pooling_mode") == "mean"
+    if not mean:
+        raise EmbeddingError(f"{model_dir}: the onnx backends support mean pooling only")
+    config = model_dir / "sentence_bert_config.json"
+    max_len = _read_json(config).get("max_seq_length") if config.exists() else None
+    return int(max_len or 512)
+
+
+def model_key(model_dir: Path) -> str:
+    """A hash of what decides the exported graph: the weights, the config and the recipe."""
+    digest = hashlib.sha256(EXPORT_RECIPE.encode())
+    weights = next((model_dir / n for n in _WEIGHT_FILES if (model_dir / n).exists()), None)
+    if weights is None:
+        raise EmbeddingError(f"{model_dir} holds none of {', '.join(_WEIGHT_FILES)}")
+    for path in (weights, model_dir / "config.json"):
+        with path.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()[:20]
+
+
+def _write_atomically(target: Path, write: Any) -> None:
+    # Another worker may be exporting the same model: each writes its own temporary file and
+    # the rename makes the last one win, with the same content.
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".onnx.tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, target)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def _export_fp32(model_dir: Path, out: Path) -> None:
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    class _LastHiddenState(torch.nn.Module):
+        # Keyword arguments: BertModel's positional order changed across transformers releases.
+        def __init__(self, model: torch.nn.Module) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any) -> Any:
+            return self.model(
+                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+            ).last_hidden_state
+
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    model = _LastHiddenState(AutoModel.from_pretrained(str(model_dir))).eval()
+    sample = tokenizer(["a", "two words"], padding=True, return_tensors="pt")
+    if "token_type_ids" not in sample:
+        raise EmbeddingError(f"{model_dir}: the onnx backends need a BERT-style tokenizer")
+    axes = {name: {0: "batch", 1: "tokens"} for name in (*INPUT_NAMES, "last_hidden_state")}
+    # The tracer warns about every Python branch it freezes; for an encoder without a KV cache
+    # none of them depends on the shapes, and the parity test checks the result.
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model,
+            tuple(sample[name] for name in INPUT_NAMES),
+            str(out),
+            input_names=list(INPUT_NAMES),
+            output_names=["last_hidden_state"],
+            dynamic_axes=axes,
+            opset_version=17,
+            dynamo=False,
+        )
+
+
+def _quantize(source: Path, out: Path) -> None:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(str(source), str(out), weight_type=QuantType.QInt8, per_channel=True)
+
+
+def onnx_model_file(model_dir: Path, cache_dir: Path, *, quantized: bool) -> Path:
+    """The model's ONNX file (int8 when `quantized`), exported into `cache_dir` on first use."""
+    folder = cache_dir / "onnx-embedders" / model_key(model_dir)
+    fp32 = folder / "model.onnx"
+    try:
+        if not fp32.exists():
+            _write_atomically(fp32, lambda tmp: _export_fp32(model_dir, tmp))
+        if not quantized:
+            return fp32
+        int8 = folder / "model_int8.onnx"
+        if not int8.exists():
+            _write_atomically(int8, lambda tmp: _quantize(fp32, tmp))
+        return int8
+    except EmbeddingError:
+        raise
+    except Exception as exc:  # an exporter failure means one thing to the operator
+        raise EmbeddingError(f"cannot export {model_dir} to ONNX: {exc}") from exc
+
+
+def _providers(device: str) -> list[str]:
+    import onnxruntime as ort
+
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    if device.startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    raise EmbeddingError(
+        f"onnxruntime here cannot run on {device!r} (providers: "
+        f"{', '.join(ort.get_available_providers())}); install onnxruntime-gpu or use "
+        "SCRIBE_EMBEDDING_BACKEND=torch"
+    )
+
+
+class OnnxEmbedder:
+    """A sentence-transformers model (Transformer → mean pooling) run by ONNX Runtime, int8
+    when `quantized`. `encode` is serialised, as the torch embedder's is: one run already uses
+    every core."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        cache_dir: Path,
+        quantized: bool = False,
+        batch_size: int = 64,
+        device: str = "cpu",
+    ) -> None:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:
+            raise EmbeddingError(_MISSING_EXTRA) from exc
+        from transformers import AutoTokenizer
+
+        model_dir = Path(resolve_model_path(name))
+        self._max_length = check_layout(model_dir)
+        self.file = onnx_model_file(model_dir, cache_dir, quantized=quantized)
+        self._tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+        try:
+            self._session = ort.InferenceSession(str(self.file), providers=_providers(device))
+        except EmbeddingError:
+            raise
+        except Exception as exc:
+            raise EmbeddingError(f"cannot load {self.file}: {exc}") from exc
+        self.name = name
+        self.dim = int(_read_json(model_dir / "config.json")["hidden_size"])
+        self._batch_size = batch_size
+        self._lock = threading.Lock()
+
+    def _encode_batch(self, texts: list[str]) -> Vectors:
+        tokens = self._tokenizer(
+            texts, padding=True, truncation=True, max_length=self._max_length, return_tensors="np"
+        )
+        feed = {name: tokens[name].astype(np.int64) for name in INPUT_NAMES}
+        (output,) = self._session.run(["last_hidden_state"], feed)
+        hidden: Vectors = np.asarray(output, dtype=np.float32)
+        mask = feed["attention_mask"][..., None].astype(np.float32)
+        pooled = (hidden * mask).sum(axis=1) / np.clip(mask.sum(axis=1), 1e-9, None)
+        norms = np.clip(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12, None)
+        vectors: Vectors = (pooled / norms).astype(np.float32)
+        return vectors
+
+    def encode(self, texts: Sequence[str]) -> Vectors:
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        # Longest first, as sentence-transformers does: a batch pads to its longest text, so
+        # batching similar lengths together wastes the least work.
+        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+        with self._lock:
+            for start in range(0, len(order), self._batch_size):
+                rows = order[start : start + self._batch_size]
+                out[rows] = self._encode_batch([texts[i] for i in rows])
+        return out

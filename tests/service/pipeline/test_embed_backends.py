@@ -1,0 +1,150 @@
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from scribe_service.app import build_pipeline
+from scribe_service.pipeline.embed import (
+    EmbeddingBackend,
+    EmbeddingError,
+    SentenceTransformerEmbedder,
+    make_embedder,
+)
+from scribe_service.pipeline.embed_batch import CoalescingEmbedder
+from scribe_service.pipeline.embed_cache import CachedEmbedder
+from scribe_service.pipeline.embed_onnx import OnnxEmbedder, check_layout
+from scribe_service.settings import BUNDLED_EMBEDDER, Settings
+
+SUBGOALS = [
+    "Search for the director of the 1979 film Alien",
+    "Call get_weather with city: Paris",
+    "Compute 3 * 17 and add the remainder",
+    "State the final answer",
+    "Verify that the retrieved passage names the film's director, and if it does not, "
+    "reformulate the query with the release year and the lead actor's name",
+]
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("scribe-cache")
+
+
+@pytest.fixture(scope="module")
+def torch_vectors() -> np.ndarray:
+    return SentenceTransformerEmbedder(BUNDLED_EMBEDDER).encode(SUBGOALS)
+
+
+@pytest.mark.real
+@pytest.mark.parametrize(
+    ("backend", "min_cosine", "batch_tolerance"),
+    [("onnx", 0.99, 1e-4), ("onnx-int8", 0.95, 0.05)],
+)
+def test_onnx_backends_load_from_the_package_and_match_torch(
+    backend: EmbeddingBackend,
+    min_cosine: float,
+    batch_tolerance: float,
+    cache_dir: Path,
+    torch_vectors: np.ndarray,
+) -> None:
+    embedder = make_embedder(BUNDLED_EMBEDDER, backend=backend, cache_dir=cache_dir)
+    assert isinstance(embedder, OnnxEmbedder)
+    assert embedder.file.is_relative_to(cache_dir)  # exported here, not into site-packages
+    vectors = embedder.encode(SUBGOALS)
+    assert vectors.dtype == np.float32 and vectors.shape == (len(SUBGOALS), embedder.dim)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    cosines = (vectors * torch_vectors).sum(axis=1)
+    assert cosines.min() >= min_cosine, cosines
+    # Batched (and reordered by length) or one at a time: the same vectors. Not exactly for
+    # int8: dynamic quantization scales activations by the range of the whole batch.
+    alone = np.concatenate([embedder.encode([text]) for text in SUBGOALS])
+    assert (1 - (alone * vectors).sum(axis=1)).max() <= batch_tolerance
+    if backend == "onnx":
+        np.testing.assert_allclose(alone, vectors, atol=1e-4)
+
+
+@pytest.mark.real
+def test_the_export_is_reused_not_redone(cache_dir: Path) -> None:
+    first = OnnxEmbedder(BUNDLED_EMBEDDER, cache_dir=cache_dir)
+    written = first.file.stat().st_mtime_ns
+    again = OnnxEmbedder(BUNDLED_EMBEDDER, cache_dir=cache_dir)
+    assert again.file == first.file and again.file.stat().st_mtime_ns == written
+    assert not list(first.file.parent.glob("*.tmp"))
+
+
+@pytest.mark.real
+@pytest.mark.anyio
+async def test_the_setting_selects_the_backend(
+    cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SCRIBE_EMBEDDING_BACKEND", "onnx-int8")
+    monkeypatch.setenv("SCRIBE_CACHE_DIR", str(cache_dir))
+    pipeline = await build_pipeline(Settings(), with_judge=False)
+    cache = pipeline.embedder
+    assert isinstance(cache, CachedEmbedder) and isinstance(cache.inner, CoalescingEmbedder)
+    model = cache.inner.inner
+    assert isinstance(model, OnnxEmbedder) and model.file.name == "model_int8.onnx"
+    vectors = pipeline.embedder.encode(SUBGOALS)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+
+
+@pytest.mark.real
+def test_onnx_on_a_gpu_this_onnxruntime_lacks_is_an_embedding_error(cache_dir: Path) -> None:
+    import onnxruntime
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("this onnxruntime can run on CUDA")
+    with pytest.raises(EmbeddingError, match="cuda"):
+        OnnxEmbedder(BUNDLED_EMBEDDER, cache_dir=cache_dir, device="cuda")
+
+
+@pytest.mark.real
+def test_the_device_reaches_torch() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        model = make_embedder(BUNDLED_EMBEDDER, device="cuda", cache_dir=Path("unused"))
+        assert isinstance(model, SentenceTransformerEmbedder)
+        assert model.encode(SUBGOALS[:1]).shape == (1, model.dim)
+    else:  # a CPU-only torch refuses it, which shows the setting got through
+        with pytest.raises(EmbeddingError, match="CUDA"):
+            make_embedder(BUNDLED_EMBEDDER, device="cuda", cache_dir=Path("unused"))
+
+
+def test_a_missing_extra_is_an_embedding_error_naming_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import raises ImportError
+    with pytest.raises(EmbeddingError, match=r"fast-embed"):
+        make_embedder(BUNDLED_EMBEDDER, backend="onnx", cache_dir=tmp_path)
+
+
+def test_an_unknown_backend_is_refused_by_the_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SCRIBE_EMBEDDING_BACKEND", "tensorrt")
+    with pytest.raises(ValidationError, match="embedding_backend"):
+        Settings()
+
+
+def _model_dir(tmp_path: Path, modules: list[str], pooling: dict[str, object]) -> Path:
+    (tmp_path / "1_Pooling").mkdir(parents=True)
+    layout = [{"path": "" if i == 0 else f"{i}_{m}", "type": f"sentence_transformers.{m}"}
+              for i, m in enumerate(modules)]  # fmt: skip
+    (tmp_path / "modules.json").write_text(json.dumps(layout))
+    (tmp_path / "1_Pooling" / "config.json").write_text(json.dumps(pooling))
+    (tmp_path / "sentence_bert_config.json").write_text('{"max_seq_length": 128}')
+    return tmp_path
+
+
+def test_the_layout_check_accepts_mean_pooling_only(tmp_path: Path) -> None:
+    mean = {"pooling_mode_mean_tokens": True}
+    assert check_layout(_model_dir(tmp_path / "a", ["Transformer", "Pooling"], mean)) == 128
+    cls = {"pooling_mode_cls_token": True, "pooling_mode_mean_tokens": False}
+    with pytest.raises(EmbeddingError, match="mean pooling"):
+        check_layout(_model_dir(tmp_path / "b", ["Transformer", "Pooling", "Normalize"], cls))
+    with pytest.raises(EmbeddingError, match="Dense"):
+        check_layout(_model_dir(tmp_path / "c", ["Transformer", "Pooling", "Dense"], mean))
