@@ -65,21 +65,17 @@ EXAMPLES_SHOWN = 3
 Progress = Callable[[str], None]
 
 
-@dataclass(frozen=True)
-class BuildOptions:
-    data: Path
-    out: Path
-    base: Path | None = None
-    """Extend this library; None: build beside the shipped library's fallback and templates."""
-    limit: int | None = None
-    sample: int | None = None
-    sample_seed: int = 0
+@dataclass(frozen=True, kw_only=True)
+class StageOptions:
+    """What the cluster and distil stages take: the same for a build and a refresh."""
+
     min_size: int = MIN_EXEMPLARS
     """Distinct subgoals a cluster needs to be kept."""
     threshold: float = 0.5
     """Average-linkage cut: a cluster's members are on average at least this similar."""
     merge_threshold: float = 0.6
-    """A cluster whose centroid is this close to a base exemplar extends that prototype."""
+    """A cluster whose centroid is this close to a base exemplar extends that prototype (a
+    build) or is left alone and reported (a refresh)."""
     max_exemplars: int = 16
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
     max_tokens: int = 1500
@@ -88,7 +84,7 @@ class BuildOptions:
     limits: DraftLimits = DraftLimits()
     seed: int | None = 0
 
-    def check(self) -> None:
+    def check_stages(self) -> None:
         if self.min_size < MIN_EXEMPLARS:
             raise BuildError(
                 f"--min-size must be at least {MIN_EXEMPLARS}: a prototype needs "
@@ -102,6 +98,20 @@ class BuildOptions:
             raise BuildError(f"max-exemplars must be at least {MIN_EXEMPLARS}")
         if self.max_attempts < 1:
             raise BuildError("max-attempts must be at least 1")
+
+
+@dataclass(frozen=True, kw_only=True)
+class BuildOptions(StageOptions):
+    data: Path
+    out: Path
+    base: Path | None = None
+    """Extend this library; None: build beside the shipped library's fallback and templates."""
+    limit: int | None = None
+    sample: int | None = None
+    sample_seed: int = 0
+
+    def check(self) -> None:
+        self.check_stages()
         if self.out.exists():
             raise BuildError(f"{self.out}: already exists; a build writes a new directory")
         if not self.data.is_file():

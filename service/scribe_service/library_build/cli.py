@@ -11,11 +11,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.markup import escape
 
 from scribe_service.library_build.errors import BuildError
+
+if TYPE_CHECKING:
+    from scribe_service.settings import Settings
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -23,6 +27,21 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 
 stderr = Console(stderr=True)
+
+
+def _stage_options(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    """The cluster and distil options (`StageOptions`) a build and a refresh share."""
+    return {
+        "min_size": args.min_size,
+        "threshold": args.threshold,
+        "merge_threshold": args.merge_threshold,
+        "max_exemplars": args.max_exemplars,
+        "max_attempts": args.max_attempts,
+        "max_tokens": args.max_tokens,
+        # A prototype is a long reply: the per-verdict timeout applies only when set.
+        "timeout": settings.judge_timeout if "judge_timeout" in settings.model_fields_set else None,
+        "seed": settings.judge_seed,
+    }
 
 
 async def _build(args: argparse.Namespace) -> int:
@@ -39,15 +58,7 @@ async def _build(args: argparse.Namespace) -> int:
         limit=args.limit,
         sample=args.sample,
         sample_seed=args.sample_seed,
-        min_size=args.min_size,
-        threshold=args.threshold,
-        merge_threshold=args.merge_threshold,
-        max_exemplars=args.max_exemplars,
-        max_attempts=args.max_attempts,
-        max_tokens=args.max_tokens,
-        # A prototype is a long reply: the per-verdict timeout applies only when set.
-        timeout=settings.judge_timeout if "judge_timeout" in settings.model_fields_set else None,
-        seed=settings.judge_seed,
+        **_stage_options(args, settings),
     )
     options.check()
     stderr.print("loading the embedder and the judge…")
@@ -95,14 +106,7 @@ async def _refresh(args: argparse.Namespace) -> int:
         misses=args.misses,
         base=args.base,
         out=args.out,
-        min_size=args.min_size,
-        threshold=args.threshold,
-        merge_threshold=args.merge_threshold,
-        max_exemplars=args.max_exemplars,
-        max_attempts=args.max_attempts,
-        max_tokens=args.max_tokens,
-        timeout=settings.judge_timeout if "judge_timeout" in settings.model_fields_set else None,
-        seed=settings.judge_seed,
+        **_stage_options(args, settings),
     )
     options.check()
     misses = usable_misses(options.misses)  # an unusable log is refused before any model loads

@@ -39,6 +39,7 @@ from scribe_service.library_build.build import (
     EXAMPLES_SHOWN,
     BuildResult,
     Progress,
+    StageOptions,
     Subgoals,
     base_files,
     cluster_brief,
@@ -51,10 +52,8 @@ from scribe_service.library_build.build import (
 from scribe_service.library_build.cluster import Cluster, cluster
 from scribe_service.library_build.decompose import BuildStep
 from scribe_service.library_build.distil import (
-    DEFAULT_MAX_ATTEMPTS,
     DistilFailure,
     Distilled,
-    DraftLimits,
     distil,
     slug,
 )
@@ -69,36 +68,14 @@ MIN_EXEMPLARS = 5
 SOURCE = "miss-log"
 
 
-@dataclass(frozen=True)
-class RefreshOptions:
+@dataclass(frozen=True, kw_only=True)
+class RefreshOptions(StageOptions):
     misses: Path
     base: Path
     out: Path
-    min_size: int = MIN_EXEMPLARS
-    threshold: float = 0.5
-    merge_threshold: float = 0.6
-    """A cluster this close to a base exemplar is left alone (reported), not distilled."""
-    max_exemplars: int = 16
-    max_attempts: int = DEFAULT_MAX_ATTEMPTS
-    max_tokens: int = 1500
-    timeout: float | None = None
-    limits: DraftLimits = DraftLimits()
-    seed: int | None = 0
 
     def check(self) -> None:
-        if self.min_size < MIN_EXEMPLARS:
-            raise BuildError(
-                f"--min-size must be at least {MIN_EXEMPLARS}: a prototype needs "
-                f"{MIN_EXEMPLARS} distinct exemplars, taken from its cluster's subgoals"
-            )
-        for name in ("threshold", "merge_threshold"):
-            value = getattr(self, name)
-            if not 0.0 < value < 1.0:
-                raise BuildError(f"{name.replace('_', '-')} must be between 0 and 1, got {value}")
-        if self.max_exemplars < MIN_EXEMPLARS:
-            raise BuildError(f"max-exemplars must be at least {MIN_EXEMPLARS}")
-        if self.max_attempts < 1:
-            raise BuildError("max-attempts must be at least 1")
+        self.check_stages()
         if self.out.exists():
             raise BuildError(f"{self.out}: already exists; a refresh writes a new directory")
         if not self.base.is_dir():
