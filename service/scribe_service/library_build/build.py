@@ -84,6 +84,19 @@ class StageOptions:
     limits: DraftLimits = DraftLimits()
     seed: int | None = 0
 
+    def stage_parameters(self) -> dict[str, Any]:
+        """These options as a build report and manifest record them."""
+        return {
+            "min_size": self.min_size,
+            "threshold": self.threshold,
+            "merge_threshold": self.merge_threshold,
+            "max_exemplars": self.max_exemplars,
+            "max_attempts": self.max_attempts,
+            "max_tokens": self.max_tokens,
+            "seed": self.seed,
+            "draft_limits": asdict(self.limits),
+        }
+
     def check_stages(self) -> None:
         if self.min_size < MIN_EXEMPLARS:
             raise BuildError(
@@ -159,6 +172,47 @@ def coverage(
 
 def share(routed: Sequence[str | None]) -> float | None:
     return round(sum(r is not None for r in routed) / len(routed), 4) if routed else None
+
+
+def coverage_report(
+    before: Sequence[str | None],
+    after: Sequence[str | None],
+    built_ids: set[str],
+    before_library: str,
+    min_similarity: float,
+) -> dict[str, Any]:
+    """The share of input steps routed to a non-fallback prototype, before and after."""
+    return {
+        "before": share(before),
+        "before_library": before_library,
+        "after": share(after),
+        "routed_to_built": share([r if r in built_ids else None for r in after]),
+        "min_similarity": min_similarity,
+    }
+
+
+def leftovers_report(
+    clustering: Clustering, keys: Sequence[str], subgoals: Subgoals
+) -> dict[str, list[dict[str, Any]]]:
+    """The clusters too small to keep: absorbed into a kept one, or dropped."""
+    return {
+        "absorbed": [
+            {
+                "subgoals": len(a.cluster.members),
+                "into": keys[a.into],
+                "similarity": a.similarity,
+                "examples": [subgoals.texts[r] for r in a.cluster.members[:EXAMPLES_SHOWN]],
+            }
+            for a in clustering.absorbed
+        ],
+        "dropped": [
+            {
+                "subgoals": len(g.members),
+                "examples": [subgoals.texts[r] for r in g.members[:EXAMPLES_SHOWN]],
+            }
+            for g in clustering.dropped
+        ],
+    }
 
 
 def _members(group: Cluster, subgoals: Subgoals, steps: Sequence[BuildStep]) -> list[BuildStep]:
@@ -329,32 +383,13 @@ async def build_library(
             "steps": len(steps),
             "subgoals": len(subgoals.texts),
             "clusters": entries,
-            "absorbed": [
-                {
-                    "subgoals": len(a.cluster.members),
-                    "into": keys[a.into],
-                    "similarity": a.similarity,
-                    "examples": [subgoals.texts[r] for r in a.cluster.members[:EXAMPLES_SHOWN]],
-                }
-                for a in clustering.absorbed
-            ],
-            "dropped": [
-                {
-                    "subgoals": len(g.members),
-                    "examples": [subgoals.texts[r] for r in g.members[:EXAMPLES_SHOWN]],
-                }
-                for g in clustering.dropped
-            ],
+            **leftovers_report(clustering, keys, subgoals),
             "built": sorted(built_ids),
             "extended": sorted(extended),
             "failed": [asdict(f) for f in failed],
-            "coverage": {
-                "before": share(before),
-                "before_library": f"{base_dir} ({base.version})",
-                "after": share(after),
-                "routed_to_built": share([r if r in built_ids else None for r in after]),
-                "min_similarity": min_similarity,
-            },
+            "coverage": coverage_report(
+                before, after, built_ids, f"{base_dir} ({base.version})", min_similarity
+            ),
             "seconds": round(time.monotonic() - started, 1),
         }
         manifest = manifest_toml(
@@ -407,12 +442,5 @@ def _parameters(options: BuildOptions) -> dict[str, Any]:
         "limit": options.limit,
         "sample": options.sample,
         "sample_seed": options.sample_seed,
-        "min_size": options.min_size,
-        "threshold": options.threshold,
-        "merge_threshold": options.merge_threshold,
-        "max_exemplars": options.max_exemplars,
-        "max_attempts": options.max_attempts,
-        "max_tokens": options.max_tokens,
-        "seed": options.seed,
-        "draft_limits": asdict(options.limits),
+        **options.stage_parameters(),
     }

@@ -45,8 +45,9 @@ from scribe_service.library_build.build import (
     cluster_brief,
     cluster_entry,
     coverage,
+    coverage_report,
     embed_subgoals,
-    share,
+    leftovers_report,
     unique_id,
 )
 from scribe_service.library_build.cluster import Cluster, cluster
@@ -314,33 +315,14 @@ async def refresh_library(
             "steps": len(steps),
             "subgoals": len(subgoals.texts),
             "clusters": entries,
-            "absorbed": [
-                {
-                    "subgoals": len(a.cluster.members),
-                    "into": keys[a.into],
-                    "similarity": a.similarity,
-                    "examples": [subgoals.texts[r] for r in a.cluster.members[:EXAMPLES_SHOWN]],
-                }
-                for a in clustering.absorbed
-            ],
-            "dropped": [
-                {
-                    "subgoals": len(g.members),
-                    "examples": [subgoals.texts[r] for r in g.members[:EXAMPLES_SHOWN]],
-                }
-                for g in clustering.dropped
-            ],
+            **leftovers_report(clustering, keys, subgoals),
             "built": sorted(built_ids),
             "extended": [],
             "close_to_base": close,
             "failed": [asdict(f) for f in failed],
-            "coverage": {
-                "before": share(before),
-                "before_library": f"{options.base} ({base.version})",
-                "after": share(after),
-                "routed_to_built": share([r if r in built_ids else None for r in after]),
-                "min_similarity": min_similarity,
-            },
+            "coverage": coverage_report(
+                before, after, built_ids, f"{options.base} ({base.version})", min_similarity
+            ),
             "seconds": round(time.monotonic() - started, 1),
         }
         manifest = manifest_toml(
@@ -368,14 +350,4 @@ async def refresh_library(
 
 
 def _parameters(options: RefreshOptions) -> dict[str, Any]:
-    return {
-        "mode": "refresh",
-        "min_size": options.min_size,
-        "threshold": options.threshold,
-        "merge_threshold": options.merge_threshold,
-        "max_exemplars": options.max_exemplars,
-        "max_attempts": options.max_attempts,
-        "max_tokens": options.max_tokens,
-        "seed": options.seed,
-        "draft_limits": asdict(options.limits),
-    }
+    return {"mode": "refresh", **options.stage_parameters()}
