@@ -19,6 +19,8 @@ from rich.markup import escape
 from scribe_service.library_build.errors import BuildError
 
 if TYPE_CHECKING:
+    from scribe_service.pipeline.backends.base import JudgeBackend
+    from scribe_service.pipeline.embed import Embedder
     from scribe_service.settings import Settings
 
 EXIT_OK = 0
@@ -44,10 +46,25 @@ def _stage_options(args: argparse.Namespace, settings: Settings) -> dict[str, An
     }
 
 
-async def _build(args: argparse.Namespace) -> int:
+async def _load_models(settings: Settings) -> tuple[Embedder, JudgeBackend]:
+    """The embedder and judge as `scribe serve` configures them (SCRIBE_EMBEDDING_*,
+    SCRIBE_JUDGE_*), loaded off the event loop."""
     from scribe_service.app import make_judge_backend
+    from scribe_service.pipeline.embed import make_embedder
+
+    embedder = await asyncio.to_thread(
+        make_embedder,
+        settings.embedding_model,
+        backend=settings.embedding_backend,
+        device=settings.embedding_device,
+        batch_size=settings.embedding_batch_size,
+        cache_dir=settings.cache_dir,
+    )
+    return embedder, await asyncio.to_thread(make_judge_backend, settings)
+
+
+async def _build(args: argparse.Namespace) -> int:
     from scribe_service.library_build.build import BuildOptions, build_library
-    from scribe_service.pipeline.embed import SentenceTransformerEmbedder
     from scribe_service.settings import Settings
 
     settings = Settings()
@@ -62,12 +79,7 @@ async def _build(args: argparse.Namespace) -> int:
     )
     options.check()
     stderr.print("loading the embedder and the judge…")
-    embedder = await asyncio.to_thread(
-        SentenceTransformerEmbedder,
-        settings.embedding_model,
-        batch_size=settings.embedding_batch_size,
-    )
-    backend = await asyncio.to_thread(make_judge_backend, settings)
+    embedder, backend = await _load_models(settings)
     try:
         result = await build_library(
             options,
@@ -92,13 +104,11 @@ async def _build(args: argparse.Namespace) -> int:
 
 
 async def _refresh(args: argparse.Namespace) -> int:
-    from scribe_service.app import make_judge_backend
     from scribe_service.library_build.refresh import (
         RefreshOptions,
         refresh_library,
         usable_misses,
     )
-    from scribe_service.pipeline.embed import SentenceTransformerEmbedder
     from scribe_service.settings import Settings
 
     settings = Settings()
@@ -111,12 +121,7 @@ async def _refresh(args: argparse.Namespace) -> int:
     options.check()
     misses = usable_misses(options.misses)  # an unusable log is refused before any model loads
     stderr.print(f"{len(misses.steps)} usable miss lines; loading the embedder and the judge…")
-    embedder = await asyncio.to_thread(
-        SentenceTransformerEmbedder,
-        settings.embedding_model,
-        batch_size=settings.embedding_batch_size,
-    )
-    backend = await asyncio.to_thread(make_judge_backend, settings)
+    embedder, backend = await _load_models(settings)
     try:
         result = await refresh_library(
             options,
