@@ -25,7 +25,7 @@ import sys
 import threading
 from logging.handlers import QueueListener, RotatingFileHandler
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from prometheus_client import CollectorRegistry, Counter
 
@@ -128,16 +128,17 @@ class _Listener(QueueListener):
 class JsonLinesLog:
     """Appends groups of JSON lines to a size-rotated file (or, with no path, nothing).
 
-    `metric` names the Prometheus counter of lines by outcome (written, failed, dropped);
-    problems are reported on `logger` as "`what` PATH: …"."""
+    A subclass names itself: `metric` is the Prometheus counter of its lines by outcome
+    (written, failed, dropped); problems are reported on `logger` as "`what` PATH: …"."""
+
+    what: ClassVar[str]
+    metric: ClassVar[str]
+    logger: ClassVar[logging.Logger]
 
     def __init__(
         self,
         path: Path | None,
         *,
-        what: str,
-        metric: str,
-        logger: logging.Logger,
         max_bytes: int = 100 * 2**20,
         backups: int = 5,
         registry: CollectorRegistry | None = None,
@@ -149,6 +150,7 @@ class JsonLinesLog:
         self._writer: _Writer | None = None
         if path is None:
             return
+        what, metric = self.what, self.metric
         counter = Counter(
             metric,
             f"{what.capitalize()} lines by outcome: written, failed (a write error), dropped "
@@ -159,7 +161,7 @@ class JsonLinesLog:
         for outcome in ("written", "failed", "dropped"):
             counter.labels(outcome)  # exported at 0 from the start
         self._registry, self._counter = registry, counter
-        self._problems = _Problems(f"{what} {path}", counter, metric, logger)
+        self._problems = _Problems(f"{what} {path}", counter, metric, self.logger)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError:

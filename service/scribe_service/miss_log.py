@@ -17,12 +17,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from pathlib import Path
-
-from prometheus_client import CollectorRegistry
 
 from scribe_client.protocol import ScoreResponse
-from scribe_service.jsonl_log import DEFAULT_QUEUE_SIZE, JsonLinesLog, Line
+from scribe_service.jsonl_log import JsonLinesLog, Line
 from scribe_service.pipeline.retrieve import Route
 from scribe_service.pipeline.segment import Step
 
@@ -77,25 +74,9 @@ def miss_lines(
 class MissLog(JsonLinesLog):
     """Appends one JSON line per fallback-routed step to a size-rotated file (or nothing)."""
 
-    def __init__(
-        self,
-        path: Path | None,
-        *,
-        max_bytes: int = 100 * 2**20,
-        backups: int = 5,
-        registry: CollectorRegistry | None = None,
-        queue_size: int = DEFAULT_QUEUE_SIZE,
-    ) -> None:
-        super().__init__(
-            path,
-            what="miss log",
-            metric="scribe_miss_log_lines",
-            logger=log,
-            max_bytes=max_bytes,
-            backups=backups,
-            registry=registry,
-            queue_size=queue_size,
-        )
+    what = "miss log"
+    metric = "scribe_miss_log_lines"
+    logger = log
 
     def record(
         self,

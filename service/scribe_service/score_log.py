@@ -60,6 +60,10 @@ def step_lines(response: ScoreResponse, *, at: str, domains: Mapping[str, str]) 
 class ScoreLog(JsonLinesLog):
     """Appends one JSON line per scored step to a size-rotated file (or, disabled, nothing)."""
 
+    what = "score log"
+    metric = "scribe_score_log_lines"
+    logger = log
+
     def __init__(
         self,
         path: Path | None,
@@ -72,9 +76,6 @@ class ScoreLog(JsonLinesLog):
     ) -> None:
         super().__init__(
             path,
-            what="score log",
-            metric="scribe_score_log_lines",
-            logger=log,
             max_bytes=max_bytes,
             backups=backups,
             registry=registry,
