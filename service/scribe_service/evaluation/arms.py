@@ -53,6 +53,7 @@ from scribe_service.pipeline.judge import (
 from scribe_service.pipeline.render import fence, render_messages, substitute
 from scribe_service.pipeline.retrieve import Route
 from scribe_service.pipeline.segment import Segmented, Step
+from scribe_service.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -359,6 +360,27 @@ class Arms:
                 "judge_system_logprob.txt": templates["direct_system_logprob.txt"],
                 "judge_user_logprob.txt": templates["direct_user_logprob.txt"],
             },
+        )
+
+    @classmethod
+    def for_run(
+        cls,
+        out: Path,
+        library: Library,
+        templates: Mapping[str, str],
+        settings: Settings,
+        *,
+        service: StepScorer | None = None,
+    ) -> Arms:
+        """The arms of one eval run: instance rubrics cached in `out/rubrics.jsonl`, prompts cut
+        to the service's own budgets so every arm sees what the service would."""
+        return cls(
+            library,
+            templates,
+            RubricStore(out / "rubrics.jsonl"),
+            max_step_chars=settings.max_step_chars,
+            max_context_chars=settings.max_context_chars,
+            service=service,
         )
 
     async def _prompt(

@@ -23,7 +23,6 @@ from scribe_service.evaluation.arms import (
     REFERENCE_SUFFIX,
     ArmName,
     Arms,
-    RubricStore,
     load_baseline_templates,
     split_arm,
     templates_digest,
@@ -183,15 +182,7 @@ async def evaluate(
             min_similarity=pipeline.min_similarity,
         )
         check_setup(options.out / "run.json", setup)
-        rubrics = RubricStore(options.out / "rubrics.jsonl")
-        arms = Arms(
-            pipeline.library,
-            templates,
-            rubrics,
-            max_step_chars=settings.max_step_chars,
-            max_context_chars=settings.max_context_chars,
-            service=service,
-        )
+        arms = Arms.for_run(options.out, pipeline.library, templates, settings, service=service)
         workers = options.concurrency or (
             settings.judge_concurrency if judge is None else concurrency(judge, settings)
         )
@@ -224,7 +215,7 @@ async def evaluate(
         "records": len(records),
         "setup": setup,
         "judgments_made": made,
-        "rubric_calls": rubrics.calls,
+        "rubric_calls": arms.rubrics.calls,
     }
     if labels:
         counts = {r.id: len(steps) for r, steps in zip(records, items, strict=True)}
@@ -254,7 +245,7 @@ async def evaluate(
     if not options.quiet:
         report.print_summary(summary, out_console)
         out_console.print(f"report: {options.out / 'report.md'}")
-    return Result(summary, made, rubrics.calls)
+    return Result(summary, made, arms.rubrics.calls)
 
 
 async def _service_setup(

@@ -37,7 +37,6 @@ from scribe_service.evaluation.analysis import capped_count, judge_reward
 from scribe_service.evaluation.arms import (
     ArmName,
     Arms,
-    RubricStore,
     StepItem,
     load_baseline_templates,
     templates_digest,
@@ -461,14 +460,7 @@ async def perturb(
         found = build_pairs(records, items, kinds=options.kinds, seed=options.corruption_seed)
         pairs = cap_per_kind(found, options.per_kind, options.corruption_seed)
         _write_corruptions(options.out / "corruptions.jsonl", pairs)
-        rubrics = RubricStore(options.out / "rubrics.jsonl")
-        arms = Arms(
-            pipeline.library,
-            templates,
-            rubrics,
-            max_step_chars=settings.max_step_chars,
-            max_context_chars=settings.max_context_chars,
-        )
+        arms = Arms.for_run(options.out, pipeline.library, templates, settings)
         jobs = perturb_jobs(pairs, options.arms, judge, mode)
         judgments = JudgmentLog(options.out / "judgments.jsonl")
         if not options.quiet:
@@ -496,7 +488,7 @@ async def perturb(
         "corruption_seed": options.corruption_seed,
         "per_kind": options.per_kind,
         "judgments_made": made,
-        "rubric_calls": rubrics.calls,
+        "rubric_calls": arms.rubrics.calls,
         "pairs": {
             kind: {
                 "found": sum(p.kind == kind for p in found),
@@ -516,7 +508,7 @@ async def perturb(
     if not options.quiet:
         perturb_report.print_summary(summary, out_console)
         out_console.print(f"report: {options.out / 'report.md'}")
-    return Result(summary, made, rubrics.calls)
+    return Result(summary, made, arms.rubrics.calls)
 
 
 def _write_corruptions(path: Path, pairs: Sequence[Pair]) -> None:
