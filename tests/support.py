@@ -45,6 +45,26 @@ RAR_RUBRIC: dict[str, Any] = {
 }
 """An instance rubric as a judge writes it for the `rar` arm of `scribe eval` (scripted judges)."""
 
+ARITHMETIC_RECORD: dict[str, Any] = {
+    "id": "fixture/arith-1",
+    "task": "What is 17 + 25?",
+    "messages": [
+        {"role": "user", "content": "What is 17 + 25?"},
+        {"role": "assistant", "content": "Adding them: 17 + 25 = 43."},
+        {"role": "assistant", "content": "<answer>43</answer>"},
+    ],
+    "step_labels": {"1": -1, "2": -1},
+    "reference": "42",
+}
+"""A labelled record whose first step states a wrong sum: the arithmetic check fires on it."""
+
+
+def judgment_lines(out: Path) -> list[dict[str, Any]]:
+    """The lines of an eval run's resume cache, `out/judgments.jsonl`."""
+    text = (out / "judgments.jsonl").read_text(encoding="utf-8")
+    return [json.loads(line) for line in text.splitlines()]
+
+
 FIXTURES = ROOT / "tests" / "fixtures"
 # Each corpus by name: its file in the dev corpus (--data-dir) and the hand-written stand-in
 # of the same format in tests/fixtures.

@@ -22,22 +22,10 @@ from scribe_service.evaluation.evaluate import Options, Result, evaluate
 from scribe_service.evaluation.runner import EvalError
 from scribe_service.pipeline.judge import Completion, JudgeHTTPError, Messages, Sampling
 from scribe_service.settings import Settings
-from support import RAR_RUBRIC, FakeEmbedder, uvicorn_in_thread
+from support import ARITHMETIC_RECORD, RAR_RUBRIC, FakeEmbedder, uvicorn_in_thread
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "eval"
 WRONG = ("Leipzig", "capital of Peru", "Lima", "Nile", "= 10.", "= 110", "= 30")
-# The judge scores this step 3; the arithmetic check (generic rubric) caps it at 1.
-ARITHMETIC = {
-    "id": "fixture/arith-1",
-    "task": "What is 17 + 25?",
-    "messages": [
-        {"role": "user", "content": "What is 17 + 25?"},
-        {"role": "assistant", "content": "Adding them: 17 + 25 = 43."},
-        {"role": "assistant", "content": "<answer>43</answer>"},
-    ],
-    "step_labels": {"1": -1, "2": -1},
-    "reference": "42",
-}
 
 
 class StepJudge:
@@ -194,7 +182,8 @@ async def test_every_arm_with_a_judge_url_equals_in_process(
     arms = ["scribe", "generic", "rar", "direct", "scribe+ref"]
     data = tmp_path / "data.jsonl"
     records = (FIXTURES / "agent.jsonl").read_text(encoding="utf-8").splitlines()[:2]
-    data.write_text("\n".join([*records, json.dumps(ARITHMETIC)]) + "\n", encoding="utf-8")
+    # The judge scores its first step 3; the arithmetic check (generic rubric) caps it at 1.
+    data.write_text("\n".join([*records, json.dumps(ARITHMETIC_RECORD)]) + "\n", encoding="utf-8")
     here = await in_process(tmp_path / "here", settings, data=data, arms=arms)
     local = StepJudge()  # stands for --judge-url: the same judge the service uses
     there = await remote(tmp_path / "there", settings, service, judge=local, data=data, arms=arms)
@@ -225,7 +214,7 @@ async def test_every_arm_with_a_judge_url_equals_in_process(
 @pytest.mark.anyio
 async def test_the_service_reports_the_judge_score_a_check_capped(service: Service) -> None:
     request = {
-        "messages": ARITHMETIC["messages"],
+        "messages": ARITHMETIC_RECORD["messages"],
         "options": {"min_similarity": 1.0},  # the generic rubric, which has the check
     }
     async with AsyncRewardClient(service.url) as client:

@@ -17,7 +17,7 @@ from scribe_service.evaluation.evaluate import Options, evaluate
 from scribe_service.evaluation.runner import EvalError
 from scribe_service.pipeline.judge import Completion, JudgeHTTPError, Messages, Sampling
 from scribe_service.settings import Settings
-from support import RAR_RUBRIC, FakeEmbedder
+from support import ARITHMETIC_RECORD, RAR_RUBRIC, FakeEmbedder, judgment_lines
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "eval"
 # Steps whose text holds one of these are scored 0, every other step 3.
@@ -91,11 +91,6 @@ async def run(out: Path, settings: Settings, judge: ScriptedJudge, **changes: An
     return await evaluate(
         options(out, **changes), settings, embedder=FakeEmbedder(), judge_backend=judge
     )
-
-
-def judgment_lines(out: Path) -> list[dict[str, Any]]:
-    text = (out / "judgments.jsonl").read_text(encoding="utf-8")
-    return [json.loads(line) for line in text.splitlines()]
 
 
 @pytest.mark.anyio
@@ -309,25 +304,13 @@ async def test_logprob_mode_judges_every_arm_by_the_score_digit(
     assert result.summary["setup"]["mode"] == "logprob"
 
 
-ARITHMETIC = {
-    "id": "fixture/arith-1",
-    "task": "What is 17 + 25?",
-    "messages": [
-        {"role": "user", "content": "What is 17 + 25?"},
-        {"role": "assistant", "content": "Adding them: 17 + 25 = 43."},
-        {"role": "assistant", "content": "<answer>43</answer>"},
-    ],
-    "step_labels": {"1": -1, "2": -1},
-}
-
-
 @pytest.mark.anyio
 @pytest.mark.parametrize("mode", ["verdict", "logprob"])
 async def test_a_check_cap_keeps_the_judge_score_beside_it(
     tmp_path: Path, settings: Settings, mode: str
 ) -> None:
     data = tmp_path / "arith.jsonl"
-    data.write_text(json.dumps(ARITHMETIC) + "\n", encoding="utf-8")
+    data.write_text(json.dumps(ARITHMETIC_RECORD) + "\n", encoding="utf-8")
     settings = settings.model_copy(update={"judge_mode": mode})
     out = tmp_path / "out"
     result = await run(out, settings, ScriptedJudge(), data=data, arms=["generic", "direct"])

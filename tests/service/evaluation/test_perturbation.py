@@ -36,7 +36,7 @@ from scribe_service.pipeline.judge import Completion, Messages, Sampling
 from scribe_service.pipeline.retrieve import Route
 from scribe_service.pipeline.segment import segment
 from scribe_service.settings import Settings
-from support import RAR_RUBRIC, FakeEmbedder
+from support import RAR_RUBRIC, FakeEmbedder, judgment_lines
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "eval"
 ARITHMETIC = ["arithmetic_result", "arithmetic_operand"]
@@ -282,11 +282,6 @@ async def run(out: Path, settings: Settings, judge: ArithmeticJudge, **changes: 
     }
     options = PerturbOptions(**{**base, **changes})
     return await perturb(options, settings, embedder=FakeEmbedder(), judge_backend=judge)
-
-
-def judgment_lines(out: Path) -> list[dict[str, Any]]:
-    text = (out / "judgments.jsonl").read_text(encoding="utf-8")
-    return [json.loads(line) for line in text.splitlines()]
 
 
 @pytest.mark.anyio
