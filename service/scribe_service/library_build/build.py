@@ -1,6 +1,7 @@
 """`scribe library build`: the stages in order, and the report of what each one did.
 
-    records ─decompose→ steps ─embed→ distinct subgoals ─cluster→ clusters
+    records ─decompose→ steps (─write subgoals→ with --llm-subgoals)
+    steps ─embed→ distinct subgoals ─cluster→ clusters
     clusters ─merge (with --base)→ extensions of base prototypes
              ─distil→ new prototypes (or reported failures)
     ─write→ staged library ─load_library→ coverage after ─publish→ DIR
@@ -10,6 +11,13 @@ without `--base`), plus every base prototype with `--base`, so it serves as it i
 is measured with the service's own router (`PrototypeIndex`, the configured
 `min_similarity`): the share of input steps that route to a non-fallback prototype under the
 base library, then under the built one.
+
+With `--llm-subgoals` (`subgoals.py`) the clusters are cut on the model's skill-level subgoals
+and the distiller is shown those, but everything the serving router sees stays on the
+service's own subgoals: the exemplars (the members' service-side subgoals), the centroid a
+merge compares with a base library, and coverage. At scoring time the service routes the
+segmenter's subgoal, never the model's, so exemplars phrased as the model phrases would sit
+apart from every query they are meant to catch.
 """
 
 from __future__ import annotations
@@ -43,6 +51,11 @@ from scribe_service.library_build.distil import (
 )
 from scribe_service.library_build.errors import BuildError
 from scribe_service.library_build.merge import add_exemplars, merge_target, nearest_prototypes
+from scribe_service.library_build.subgoals import (
+    SUBGOAL_MAX_TOKENS,
+    SubgoalCounts,
+    write_subgoals,
+)
 from scribe_service.library_build.write import (
     REPORT_JSON,
     REPORT_MD,
@@ -83,6 +96,8 @@ class StageOptions:
     """Seconds per distillation call; None: no limit."""
     limits: DraftLimits = DraftLimits()
     seed: int | None = 0
+    llm_subgoals: bool = False
+    """Have the judge write the subgoal of each step without a marker (`subgoals.py`)."""
 
     def stage_parameters(self) -> dict[str, Any]:
         """These options as a build report and manifest record them."""
@@ -95,6 +110,7 @@ class StageOptions:
             "max_tokens": self.max_tokens,
             "seed": self.seed,
             "draft_limits": asdict(self.limits),
+            "llm_subgoals": self.llm_subgoals,
         }
 
     def check_stages(self) -> None:
@@ -111,6 +127,28 @@ class StageOptions:
             raise BuildError(f"max-exemplars must be at least {MIN_EXEMPLARS}")
         if self.max_attempts < 1:
             raise BuildError("max-attempts must be at least 1")
+
+
+async def judge_subgoals(
+    backend: JudgeBackend, steps: list[BuildStep], options: StageOptions, progress: Progress
+) -> tuple[list[BuildStep], SubgoalCounts | None]:
+    """The steps with the subgoals the judge wrote, and its counts, when `llm_subgoals` asks
+    for them; else the steps as they are and None."""
+    if not options.llm_subgoals:
+        return steps, None
+    rewrite = await write_subgoals(
+        backend,
+        steps,
+        sampling=Sampling(temperature=0.0, max_tokens=SUBGOAL_MAX_TOKENS, seed=options.seed),
+        max_attempts=options.max_attempts,
+        timeout=options.timeout,
+    )
+    written = rewrite.counts
+    progress(
+        f"{written.rewritten} of {written.asked} derived subgoals rewritten, "
+        f"{written.kept} kept on failure ({written.calls} judge calls)"
+    )
+    return rewrite.steps, written
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -150,9 +188,15 @@ class Subgoals:
     """`rows[i]`: the row of step i's subgoal."""
 
 
-def embed_subgoals(steps: Sequence[BuildStep], embedder: Embedder) -> Subgoals:
+def embed_subgoals(
+    steps: Sequence[BuildStep], embedder: Embedder, *, llm: bool = False
+) -> Subgoals:
+    """The service's subgoals of `steps`, or with `llm` the ones a build clusters on."""
     index: dict[str, int] = {}
-    rows = [index.setdefault(step.subgoal, len(index)) for step in steps]
+    rows = [
+        index.setdefault(step.cluster_subgoal if llm else step.subgoal, len(index))
+        for step in steps
+    ]
     texts = list(index)
     return Subgoals(texts, embedder.encode(texts), rows)
 
@@ -226,15 +270,46 @@ def _members(group: Cluster, subgoals: Subgoals, steps: Sequence[BuildStep]) -> 
     return [steps[chosen[int(i)]] for i in order]
 
 
+def served_cluster(group: Cluster, subgoals: Subgoals, served: Subgoals) -> Cluster:
+    """The cluster's steps as rows of `served`, the service's own subgoals (the same cluster
+    when the build clusters on those)."""
+    if served is subgoals:
+        return group
+    rows = set(group.members)
+    return Cluster(
+        tuple(sorted({served.rows[i] for i, r in enumerate(subgoals.rows) if r in rows}))
+    )
+
+
+def exemplars_of(group: Cluster, subgoals: Subgoals, served: Subgoals, k: int) -> list[str]:
+    """Up to `k` exemplars spread over the service-side subgoals of the cluster's steps. When
+    those hold fewer than a prototype needs (steps that share a derived subgoal but got
+    different LLM ones), the LLM's phrasings make up the number: a prototype that routes a
+    little worse is better than a cluster lost for want of distinct exemplars."""
+    own = served_cluster(group, subgoals, served)
+    texts = [served.texts[r] for r in spread_members(served.vectors, own.members, k)]
+    if len(texts) < MIN_EXEMPLARS and served is not subgoals:
+        extra = [subgoals.texts[r] for r in spread_members(subgoals.vectors, group.members, k)]
+        texts += [t for t in extra if t not in texts][: MIN_EXEMPLARS - len(texts)]
+    return texts
+
+
 def cluster_brief(
-    key: str, group: Cluster, subgoals: Subgoals, steps: Sequence[BuildStep], max_exemplars: int
+    key: str,
+    group: Cluster,
+    subgoals: Subgoals,
+    steps: Sequence[BuildStep],
+    max_exemplars: int,
+    served: Subgoals | None = None,
 ) -> ClusterBrief:
+    """What the distiller gets: the members with the subgoals clustered on, the exemplars from
+    `served` (the service's subgoals; None: the ones clustered on are those)."""
     members = _members(group, subgoals, steps)
-    exemplars = spread_members(subgoals.vectors, group.members, max_exemplars)
+    exemplars = exemplars_of(group, subgoals, served or subgoals, max_exemplars)
     return ClusterBrief(
         key=key,
-        members=tuple(Member(m.subgoal, m.step.content, m.label) for m in members),
-        exemplars=tuple(subgoals.texts[row] for row in exemplars),
+        members=tuple(Member(m.cluster_subgoal, m.step.content, m.label) for m in members),
+        exemplars=tuple(exemplars),
         steps=len(members),
         trajectories=len({m.record_id for m in members}),
     )
@@ -266,7 +341,7 @@ def cluster_entry(
         "trajectories": len({m.record_id for m in members}),
         "labels": {"1": labels[1], "0": labels[0], "-1": labels[-1], "none": labels[None]},
         # The most typical members, as the distiller saw them first.
-        "examples": list(dict.fromkeys(m.subgoal for m in members))[:EXAMPLES_SHOWN],
+        "examples": list(dict.fromkeys(m.cluster_subgoal for m in members))[:EXAMPLES_SHOWN],
         "outcome": "",
     }
 
@@ -295,9 +370,13 @@ async def build_library(
     steps = decompose(records)
     if not steps:
         raise BuildError(f"{options.data}: the records have no steps with a subgoal")
+    if options.llm_subgoals:
+        progress(f"{len(records)} records, {len(steps)} steps; the judge writes their subgoals")
+    steps, written = await judge_subgoals(backend, steps, options, progress)
     progress(f"{len(records)} records, {len(steps)} steps; embedding their subgoals")
-    subgoals = embed_subgoals(steps, embedder)
-    step_vectors = subgoals.vectors[subgoals.rows]
+    served = embed_subgoals(steps, embedder)
+    subgoals = embed_subgoals(steps, embedder, llm=True) if options.llm_subgoals else served
+    step_vectors = served.vectors[served.rows]
     before = coverage(base, embedder, steps, step_vectors, min_similarity)
 
     clustering = cluster(subgoals.vectors, threshold=options.threshold, min_size=options.min_size)
@@ -310,7 +389,7 @@ async def build_library(
         f"({len(clustering.absorbed)} small groups absorbed, {len(clustering.dropped)} dropped)"
     )
 
-    targets = _merge_targets(clustering, subgoals, base, embedder, options)
+    targets = _merge_targets(clustering, subgoals, served, base, embedder, options)
     extended: dict[str, Prototype] = {}
     to_distil: list[int] = []
     for i, (group, target) in enumerate(zip(clustering.kept, targets, strict=True)):
@@ -319,10 +398,7 @@ async def build_library(
             continue
         prototype_id, similarity = target
         current = extended.get(prototype_id, base.prototypes[prototype_id])
-        phrasings = [
-            subgoals.texts[r]
-            for r in spread_members(subgoals.vectors, group.members, options.max_exemplars)
-        ]
+        phrasings = exemplars_of(group, subgoals, served, options.max_exemplars)
         extended[prototype_id] = add_exemplars(current, phrasings, options.max_exemplars)
         added = len(extended[prototype_id].exemplars) - len(current.exemplars)
         entries[i]["outcome"] = f"extended {prototype_id} (+{added} exemplars, sim {similarity})"
@@ -332,7 +408,9 @@ async def build_library(
     built: list[Prototype] = []
     failed: list[DistilFailure] = []
     for n, i in enumerate(to_distil, start=1):
-        brief = cluster_brief(keys[i], clustering.kept[i], subgoals, steps, options.max_exemplars)
+        brief = cluster_brief(
+            keys[i], clustering.kept[i], subgoals, steps, options.max_exemplars, served
+        )
         progress(f"distilling {brief.key} ({n}/{len(to_distil)}, {brief.steps} steps)")
         outcome = await distil(
             backend,
@@ -382,6 +460,7 @@ async def build_library(
             "records": len(records),
             "steps": len(steps),
             "subgoals": len(subgoals.texts),
+            "llm_subgoals": None if written is None else written.as_report(),
             "clusters": entries,
             **leftovers_report(clustering, keys, subgoals),
             "built": sorted(built_ids),
@@ -419,17 +498,21 @@ async def build_library(
 def _merge_targets(
     clustering: Clustering,
     subgoals: Subgoals,
+    served: Subgoals,
     base: Library,
     embedder: Embedder,
     options: BuildOptions,
 ) -> list[tuple[str, float] | None]:
     """Per kept cluster, the base prototype it extends and how close it is (None: a new one).
-    Only with `--base`: without it the output has no other prototypes to extend."""
+    Only with `--base`: without it the output has no other prototypes to extend. The centroid
+    is of the service's subgoals of the cluster's steps, the queries the router will see."""
     if options.base is None or not clustering.kept:
         return [None] * len(clustering.kept)
     owners = [p.id for p in base.routable() for _ in p.exemplars]
     exemplars = embedder.encode([e for p in base.routable() for e in p.exemplars])
-    centroids = np.stack([g.centroid(subgoals.vectors) for g in clustering.kept])
+    centroids = np.stack(
+        [served_cluster(g, subgoals, served).centroid(served.vectors) for g in clustering.kept]
+    )
     targets: list[tuple[str, float] | None] = []
     for match in nearest_prototypes(centroids, exemplars, owners):
         target = merge_target(match, options.merge_threshold)

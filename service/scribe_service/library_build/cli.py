@@ -75,6 +75,7 @@ async def _build(args: argparse.Namespace) -> int:
         limit=args.limit,
         sample=args.sample,
         sample_seed=args.sample_seed,
+        llm_subgoals=args.llm_subgoals,
         **_stage_options(args, settings),
     )
     options.check()
@@ -100,6 +101,12 @@ async def _build(args: argparse.Namespace) -> int:
         f"coverage {coverage['before']} → {coverage['after']}; see build-report.md",
         soft_wrap=True,
     )
+    if (written := report["llm_subgoals"]) is not None:
+        stderr.print(
+            f"LLM subgoals: {written['rewritten']} of {written['asked']} derived subgoals "
+            f"rewritten, {written['kept_on_failure']} kept on failure",
+            soft_wrap=True,
+        )
     return EXIT_FAILED if report["failed"] else EXIT_OK
 
 
@@ -116,6 +123,7 @@ async def _refresh(args: argparse.Namespace) -> int:
         misses=args.misses,
         base=args.base,
         out=args.out,
+        llm_subgoals=args.llm_subgoals,
         **_stage_options(args, settings),
     )
     options.check()
@@ -225,6 +233,7 @@ def add_library_parser(commands: argparse._SubParsersAction[argparse.ArgumentPar
     build.add_argument("--limit", type=int, help="use only the first N records")
     build.add_argument("--sample", type=int, help="a seeded random N of the records")
     build.add_argument("--sample-seed", type=int, default=0)
+    _add_subgoal_option(build)
     _add_shared_options(build)
     build.set_defaults(run=_run)
 
@@ -239,6 +248,7 @@ def add_library_parser(commands: argparse._SubParsersAction[argparse.ArgumentPar
     refresh.add_argument("--misses", type=Path, required=True, help="the miss log (JSONL)")
     refresh.add_argument("--base", type=Path, required=True, help="the library to extend")
     refresh.add_argument("--out", type=Path, required=True, help="the new library directory")
+    _add_subgoal_option(refresh)
     _add_shared_options(refresh)
     refresh.set_defaults(run=_run)
 
@@ -282,6 +292,18 @@ def _add_shared_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--max-exemplars", type=int, default=16)
     parser.add_argument(
-        "--max-attempts", type=int, default=4, help="judge calls per cluster before it fails"
+        "--max-attempts",
+        type=int,
+        default=4,
+        help="judge calls per cluster (and per step with --llm-subgoals) before it fails",
     )
     parser.add_argument("--max-tokens", type=int, default=1500, help="per distillation call")
+
+
+def _add_subgoal_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--llm-subgoals",
+        action="store_true",
+        help="have the judge write a skill-level subgoal for each step without a marker, and "
+        "cluster on those (exemplars stay the service's own subgoals, the ones it routes)",
+    )

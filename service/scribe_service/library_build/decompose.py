@@ -29,10 +29,20 @@ class BuildStep:
     step: Step
     label: int | None
     """The human step label (+1 / 0 / -1) when the record has one for this message."""
+    task: str = ""
+    """The record's task, the context an LLM-written subgoal is asked with."""
+    llm_subgoal: str | None = None
+    """The judge LLM's subgoal for a step whose subgoal was derived (`--llm-subgoals`)."""
 
     @property
     def subgoal(self) -> str:
+        """The service's own subgoal: the one the serving router sees."""
         return self.step.subgoal
+
+    @property
+    def cluster_subgoal(self) -> str:
+        """The subgoal a build clusters and distils on: the LLM's when it wrote one."""
+        return self.llm_subgoal or self.step.subgoal
 
 
 def read_build_records(
@@ -93,5 +103,5 @@ def decompose(records: Sequence[Record]) -> list[BuildStep]:
             label = (
                 None if step.message_index is None else record.step_labels.get(step.message_index)
             )
-            steps.append(BuildStep(record.id, record.source, step, label))
+            steps.append(BuildStep(record.id, record.source, step, label, record.task))
     return steps

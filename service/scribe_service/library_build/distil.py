@@ -18,7 +18,6 @@ reported, never written.
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import json
 import re
@@ -29,9 +28,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from scribe_service.library import LEVELS, Prototype
+from scribe_service.library_build.structured import ReplyInvalid, ask_until_valid
 from scribe_service.pipeline.backends.base import JudgeBackend, Messages, Sampling
-from scribe_service.pipeline.judge import resample
-from scribe_service.pipeline.judge_errors import JudgeError
 
 DEFAULT_MAX_ATTEMPTS = 4
 MAX_FAILURE_MODES = 4
@@ -61,7 +59,7 @@ _OWNED_BY_BUILDER = ("id", "exemplars", "fallback", "checks", "requires")
 _NOT_ID = re.compile(r"[^a-z0-9]+")
 
 
-class DraftInvalid(ValueError):
+class DraftInvalid(ReplyInvalid):
     """A reply that is not a valid prototype; the message names the field."""
 
 
@@ -227,17 +225,12 @@ def distil_messages(brief: ClusterBrief) -> Messages:
     ]
 
 
-def retry_messages(messages: Messages, reply: str, problem: str) -> Messages:
-    """The conversation again, with the invalid reply and what was wrong with it."""
-    return [
-        *messages,
-        {"role": "assistant", "content": reply[:4000]},
-        {
-            "role": "user",
-            "content": f"That JSON is not a valid prototype: {problem}. "
-            "Write the whole JSON object again, corrected.",
-        },
-    ]
+def correction(problem: str) -> str:
+    """What the model is told after an invalid prototype."""
+    return (
+        f"That JSON is not a valid prototype: {problem}. "
+        "Write the whole JSON object again, corrected."
+    )
 
 
 # --- checking a reply --------------------------------------------------------------------------
@@ -371,28 +364,16 @@ async def distil(
 
     A judge error that a retry cannot cure (the prompt does not fit, a 4xx) ends the cluster
     at once; invalid output and transient errors use up an attempt each."""
-    base = distil_messages(brief)
-    schema = draft_schema(limits)
-    messages, errors = base, []
-    for attempt in range(1, max_attempts + 1):
-        try:
-            async with asyncio.timeout(timeout):
-                completion = await backend.complete(messages, schema, sampling)
-        except TimeoutError:
-            errors.append(f"attempt {attempt}: no reply within {timeout:g}s")
-            continue
-        except JudgeError as exc:
-            errors.append(f"attempt {attempt}: {exc.type}: {exc}")
-            if not exc.transient:
-                break
-            sampling = resample(sampling, attempt)
-            continue
-        try:
-            prototype = check_draft(parse_draft(completion.text), brief)
-        except DraftInvalid as exc:
-            errors.append(f"attempt {attempt}: {exc}")
-            messages = retry_messages(base, completion.text, str(exc))
-            sampling = resample(sampling, attempt)
-            continue
-        return Distilled(brief.key, prototype, attempt, instance_leaks(prototype, brief))
-    return DistilFailure(brief.key, len(errors), tuple(errors))
+    asked = await ask_until_valid(
+        backend,
+        distil_messages(brief),
+        draft_schema(limits),
+        sampling,
+        check=lambda text: check_draft(parse_draft(text), brief),
+        correction=correction,
+        max_attempts=max_attempts,
+        timeout=timeout,
+    )
+    if asked.value is None:
+        return DistilFailure(brief.key, asked.calls, asked.errors)
+    return Distilled(brief.key, asked.value, asked.calls, instance_leaks(asked.value, brief))

@@ -18,6 +18,11 @@ therefore adds nothing: neither exemplars to that prototype (a build with `--bas
 a near-duplicate of it. The report names it and its nearest prototype, for a person to extend
 by hand or with `scribe library build --base`.
 
+With `--llm-subgoals` the judge writes the subgoal of each still-missed step whose subgoal was
+derived, and the clusters are cut on those, as in a build (`build.py`): the exemplars, the
+closeness to a base prototype and coverage stay on the logged subgoals, the ones the service
+routes.
+
 The fallback judge's score on a missed step is not used as a label: the distiller presents
 labelled members as steps people judged, and a generic rubric's score is not that.
 """
@@ -47,7 +52,9 @@ from scribe_service.library_build.build import (
     coverage,
     coverage_report,
     embed_subgoals,
+    judge_subgoals,
     leftovers_report,
+    served_cluster,
     unique_id,
 )
 from scribe_service.library_build.cluster import Cluster, cluster
@@ -186,15 +193,22 @@ def misses_digest(files: Sequence[Path]) -> str:
 
 
 def _close_to_base(
-    kept: Sequence[Cluster], subgoals: Subgoals, base: Library, embedder: Embedder
+    kept: Sequence[Cluster],
+    subgoals: Subgoals,
+    served: Subgoals,
+    base: Library,
+    embedder: Embedder,
 ) -> list[tuple[str, float] | None]:
-    """Per cluster, the base prototype owning the exemplar nearest its centroid and how close."""
+    """Per cluster, the base prototype owning the exemplar nearest its centroid (of the logged
+    subgoals of its steps, the ones the service routes) and how close."""
     routable = base.routable()
     if not kept or not routable:
         return [None] * len(kept)
     owners = [p.id for p in routable for _ in p.exemplars]
     exemplars = embedder.encode([e for p in routable for e in p.exemplars])
-    centroids = np.stack([g.centroid(subgoals.vectors) for g in kept])
+    centroids = np.stack(
+        [served_cluster(g, subgoals, served).centroid(served.vectors) for g in kept]
+    )
     return [
         None if m is None else (m.prototype_id, m.similarity)
         for m in nearest_prototypes(centroids, exemplars, owners)
@@ -230,7 +244,11 @@ async def refresh_library(
             f"{options.misses}: the base library already routes all {len(all_steps)} "
             "missed steps to a prototype; nothing to refresh"
         )
-    subgoals = embed_subgoals(steps, embedder)
+    if options.llm_subgoals:
+        progress(f"{len(steps)} steps still missed; the judge writes their subgoals")
+    steps, written = await judge_subgoals(backend, steps, options, progress)
+    served = embed_subgoals(steps, embedder)
+    subgoals = embed_subgoals(steps, embedder, llm=True) if options.llm_subgoals else served
     clustering = cluster(subgoals.vectors, threshold=options.threshold, min_size=options.min_size)
     keys = [f"cluster_{i}" for i in range(len(clustering.kept))]
     entries = [
@@ -241,7 +259,7 @@ async def refresh_library(
         f"({len(clustering.absorbed)} small groups absorbed, {len(clustering.dropped)} dropped)"
     )
 
-    near = _close_to_base(clustering.kept, subgoals, base, embedder)
+    near = _close_to_base(clustering.kept, subgoals, served, base, embedder)
     close: list[dict[str, Any]] = []
     sampling = Sampling(temperature=0.0, max_tokens=options.max_tokens, seed=options.seed)
     taken = set(base.prototypes)
@@ -256,7 +274,7 @@ async def refresh_library(
             )
             close.append({"key": keys[i], "prototype_id": match[0], "similarity": match[1]})
             continue
-        brief = cluster_brief(keys[i], group, subgoals, steps, options.max_exemplars)
+        brief = cluster_brief(keys[i], group, subgoals, steps, options.max_exemplars, served)
         progress(f"distilling {brief.key} ({i + 1}/{len(clustering.kept)}, {brief.steps} steps)")
         outcome = await distil(
             backend,
@@ -314,6 +332,7 @@ async def refresh_library(
             "records": len({s.record_id for s in steps}),
             "steps": len(steps),
             "subgoals": len(subgoals.texts),
+            "llm_subgoals": None if written is None else written.as_report(),
             "clusters": entries,
             **leftovers_report(clustering, keys, subgoals),
             "built": sorted(built_ids),

@@ -155,6 +155,13 @@ def report_markdown(report: Mapping[str, Any]) -> str:
         f"{_pct(coverage['before'])} ({coverage['before_library']}), after "
         f"{_pct(coverage['after'])}",
         f"- judge: {report['judge_model']}; time: {report['seconds']:.1f} s",
+    ]
+    if (written := report.get("llm_subgoals")) is not None:
+        lines.append(
+            f"- LLM subgoals: {written['rewritten']} of {written['asked']} derived subgoals "
+            f"rewritten, {written['kept_on_failure']} kept on failure ({written['calls']} calls)"
+        )
+    lines += [
         "",
         "## Clusters",
         "",
