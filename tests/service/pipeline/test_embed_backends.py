@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -14,10 +15,17 @@ from scribe_service.pipeline.embed import (
     EmbeddingError,
     SentenceTransformerEmbedder,
     make_embedder,
+    resolve_model_path,
 )
 from scribe_service.pipeline.embed_batch import CoalescingEmbedder
 from scribe_service.pipeline.embed_cache import CachedEmbedder
-from scribe_service.pipeline.embed_onnx import OnnxEmbedder, check_layout
+from scribe_service.pipeline.embed_onnx import (
+    OnnxEmbedder,
+    check_layout,
+    load_tokenizer,
+    pad,
+    plan_batches,
+)
 from scribe_service.settings import BUNDLED_EMBEDDER, Settings
 
 SUBGOALS = [
@@ -148,3 +156,69 @@ def test_the_layout_check_accepts_mean_pooling_only(tmp_path: Path) -> None:
         check_layout(_model_dir(tmp_path / "b", ["Transformer", "Pooling", "Normalize"], cls))
     with pytest.raises(EmbeddingError, match="Dense"):
         check_layout(_model_dir(tmp_path / "c", ["Transformer", "Pooling", "Dense"], mean))
+
+
+@pytest.mark.parametrize(
+    ("lengths", "batch_size", "batches"),
+    [
+        pytest.param([], 64, [], id="none"),
+        pytest.param([5, 50, 48, 6, 46], 64, [[1, 2, 4], [3], [0]], id="similar-lengths-together"),
+        pytest.param([10, 10, 10, 10, 10], 2, [[0, 1], [2, 3], [4]], id="batch-size-bounds"),
+        pytest.param([100, 89, 90], 64, [[0, 2], [1]], id="under-the-slack-starts-a-batch"),
+    ],
+)
+def test_texts_are_batched_by_token_length(
+    lengths: list[int], batch_size: int, batches: list[list[int]]
+) -> None:
+    assert plan_batches(lengths, batch_size) == batches
+
+
+def test_a_batch_is_right_padded_with_a_zero_mask() -> None:
+    from tokenizers import Encoding
+
+    class Row:  # the three fields `pad` reads, as an Encoding has them
+        def __init__(self, ids: list[int]) -> None:
+            self.ids = ids
+            self.attention_mask = [1] * len(ids)
+            self.type_ids = [0] * len(ids)
+
+    rows: list[Encoding] = [Row([101, 7, 102]), Row([101, 102])]  # type: ignore[list-item]
+    feed = pad(rows)
+    np.testing.assert_array_equal(feed["input_ids"], [[101, 7, 102], [101, 102, 0]])
+    np.testing.assert_array_equal(feed["attention_mask"], [[1, 1, 1], [1, 1, 0]])
+    assert feed["token_type_ids"].shape == (2, 3) and not feed["token_type_ids"].any()
+    assert all(array.dtype == np.int64 for array in feed.values())
+
+
+@pytest.mark.real
+def test_the_tokenizer_gives_the_ids_transformers_gives() -> None:
+    from transformers import AutoTokenizer
+
+    model_dir = Path(resolve_model_path(BUNDLED_EMBEDDER))
+    max_length = check_layout(model_dir)
+    texts = [*SUBGOALS, "word " * 400, "Ünïcode   spacing\tand ÇASE", ""]
+    reference = AutoTokenizer.from_pretrained(str(model_dir))
+    expected = reference(texts, truncation=True, max_length=max_length)
+    got = load_tokenizer(model_dir, max_length).encode_batch(texts)
+    assert [e.ids for e in got] == expected["input_ids"]
+    assert [e.type_ids for e in got] == expected["token_type_ids"]
+    assert max(len(e.ids) for e in got) == max_length
+
+
+@pytest.mark.real
+def test_serving_from_a_cached_export_imports_neither_torch_nor_transformers(
+    cache_dir: Path,
+) -> None:
+    OnnxEmbedder(BUNDLED_EMBEDDER, cache_dir=cache_dir)  # exports, if no test did yet
+    script = (
+        "import sys\n"
+        "from scribe_service.pipeline.embed_onnx import OnnxEmbedder\n"
+        "from scribe_service.settings import BUNDLED_EMBEDDER\n"
+        f"OnnxEmbedder(BUNDLED_EMBEDDER, cache_dir=__import__('pathlib').Path({str(cache_dir)!r}))"
+        ".encode(['a subgoal'])\n"
+        "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=300
+    )
+    assert done.stdout.strip().splitlines()[-1] == "[]"
