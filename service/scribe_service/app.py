@@ -27,6 +27,7 @@ from scribe_service.pipeline.aggregate import FailureRule
 from scribe_service.pipeline.embed import Embedder, make_embedder
 from scribe_service.pipeline.embed_batch import CoalescingEmbedder
 from scribe_service.pipeline.embed_cache import CachedEmbedder
+from scribe_service.pipeline.embed_store import stored
 from scribe_service.pipeline.judge import EmbeddedJudge, Judge, JudgeBackend, OpenAIJudge, Sampling
 from scribe_service.pipeline.judgment_cache import JudgmentCache
 from scribe_service.pipeline.library_state import index_library
@@ -92,10 +93,14 @@ async def build_pipeline(
             batch_size=settings.embedding_batch_size,
             cache_dir=settings.cache_dir,
         )
+        # A restart finds the exemplars' vectors on disk instead of embedding them again.
+        index_embedder = stored(embedder, settings.cache_dir)
+    else:
+        index_embedder = embedder  # injected: indexed with exactly what was given
     for warning in retired_variables(os.environ):
         log.warning(warning)
     index = (
-        await asyncio.to_thread(index_library, library, embedder, settings.prototypes_dir)
+        await asyncio.to_thread(index_library, library, index_embedder, settings.prototypes_dir)
     ).index
     if judge_backend is None and with_judge:
         judge_backend = await asyncio.to_thread(make_judge_backend, settings)

@@ -7,6 +7,7 @@ L2-normalised, so an inner product is a cosine similarity.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 from collections.abc import Sequence
@@ -33,6 +34,19 @@ class Embedder(Protocol):
     def encode(self, texts: Sequence[str]) -> Vectors:
         """Unit-norm float32 vectors, one row per text."""
         ...
+
+
+def model_digest(model_dir: Path) -> str:
+    """A hash of every file of a local model folder, names included: whatever could change a
+    vector (weights, config, tokenizer, pooling, max length) changes it."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in model_dir.rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(model_dir)).encode() + b"\0")
+        with path.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+        digest.update(b"\0")
+    return digest.hexdigest()[:32]
 
 
 def resolve_model_path(name: str) -> str:
@@ -73,6 +87,11 @@ class SentenceTransformerEmbedder:
         if dim is None:
             raise EmbeddingError(f"{path!r} does not report an embedding dimension")
         self.dim = int(dim)
+        self.fingerprint = (
+            f"torch:{device}:{model_digest(Path(path))}" if Path(path).is_dir() else None
+        )
+        """What decides the vectors, for stores that keep them (None: a hub name, not a
+        folder that can be hashed)."""
         self._batch_size = batch_size
         self._lock = threading.Lock()
 
