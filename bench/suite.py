@@ -23,6 +23,11 @@ the JSON holds what explains the figures: the service's CPU per step, each stage
 (read from /metrics), judgment-cache results, the stand-in's own round trip, the load
 average (other work on the machine inflates every wall time here).
 
+`--embedding-backend torch|onnx|onnx-int8` sets the measured service's
+SCRIBE_EMBEDDING_BACKEND (default: its own). `context.cold_start_embedded_exemplars` says
+whether the start embedded the library's exemplars (a first start for this model, backend and
+library) or read their vectors from the default cache's store (`pipeline/embed_store.py`).
+
 The judge runs in logprob mode (one output token, the issue's mode), so the stand-in's
 answers are a few hundred bytes. The other keys of the issue are written as null with the
 reason: they need a real judge server or a fast embedding path this round does not run.
@@ -249,9 +254,11 @@ class Service:
 
 
 @contextlib.contextmanager
-def scribe_serve(judge_url: str, log: Path) -> Iterator[Service]:
+def scribe_serve(
+    judge_url: str, log: Path, embedding_backend: str | None = None
+) -> Iterator[Service]:
     """`scribe serve` in a subprocess (support.scribe_server, but the process is needed for
-    its memory and the start is timed)."""
+    its memory and the start is timed); `embedding_backend` None: the service's default."""
     port = free_port()
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("SCRIBE_")},
@@ -262,6 +269,8 @@ def scribe_serve(judge_url: str, log: Path) -> Iterator[Service]:
         # The stand-in answers at once: the service, not its judge bound, is measured.
         "SCRIBE_JUDGE_CONCURRENCY": str(CONCURRENCY),
     }
+    if embedding_backend is not None:
+        env["SCRIBE_EMBEDDING_BACKEND"] = embedding_backend
     with log.open("wb") as sink:
         started = time.monotonic()
         process = subprocess.Popen(
@@ -371,8 +380,17 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def stored_exemplar_files() -> set[str]:
+    """The files of the default cache's exemplar-vector store (`pipeline/embed_store.py`): a
+    start that adds one embedded the library's exemplars; one that adds none read them."""
+    from scribe_service.pipeline.embed_store import STORE_DIR
+    from scribe_service.settings import default_cache_dir
+
+    return {p.name for p in (default_cache_dir() / STORE_DIR).glob("*.npy")}
+
+
 def bench_service(
-    records: dict[str, list[Record]], quick: bool
+    records: dict[str, list[Record]], quick: bool, embedding_backend: str | None = None
 ) -> tuple[dict[str, float], dict[str, Any]]:
     group_count = 8 if quick else 32
     # Groups alternate between the corpora: search agents (tool calls) and math.
@@ -385,8 +403,10 @@ def bench_service(
     singles = ten_step_requests(records[SOURCES[1]], 20 if quick else 100)
     with tempfile.TemporaryDirectory() as tmp, instant_judge() as judge_url:
         floor = judge_floor_ms(judge_url, 50)
-        with scribe_serve(judge_url, Path(tmp) / "serve.log") as service:
+        stored_before = stored_exemplar_files()
+        with scribe_serve(judge_url, Path(tmp) / "serve.log", embedding_backend) as service:
             start_cpu_s = cpu_seconds(service.process.pid)
+            embedded_exemplars = bool(stored_exemplar_files() - stored_before)
             asyncio.run(score_all(service.url, warm_up, CONCURRENCY))
             before, cpu_before = scrape(service.url), cpu_seconds(service.process.pid)
             wall, steps = asyncio.run(score_all(service.url, grpo, CONCURRENCY))
@@ -411,6 +431,8 @@ def bench_service(
         "grpo_stage_mean_ms": grpo_counters["stage_mean_ms"],
         "single_stage_mean_ms": between(after, last)["stage_mean_ms"],
         "cold_start_cpu_s": round(start_cpu_s, 2),
+        "cold_start_embedded_exemplars": embedded_exemplars,
+        "embedding_backend": embedding_backend or "(service default)",
         "single_requests": len(single),
         "single_request_p50_ms": round(percentile(single, 50), 1),
         "concurrency": CONCURRENCY,
@@ -550,6 +572,11 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smaller workloads, a few minutes")
     parser.add_argument("--out", type=Path, help="the JSON file to write (required)")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the dev JSONL folder")
+    parser.add_argument(
+        "--embedding-backend",
+        choices=("torch", "onnx", "onnx-int8"),
+        help="SCRIBE_EMBEDDING_BACKEND of the measured service (default: the service's own)",
+    )
     parser.add_argument("--serve-judge", type=int, help=argparse.SUPPRESS)  # the child's job
     args = parser.parse_args()
     if args.serve_judge is not None:
@@ -562,7 +589,7 @@ def main() -> None:
         parser.error(f"--data {args.data}: no {', '.join(missing)}")
     records = read_records(args.data)
     started, load_at_start = time.time(), os.getloadavg()
-    figures, context = bench_service(records, args.quick)
+    figures, context = bench_service(records, args.quick, args.embedding_backend)
     routing, routing_context = bench_routing(records, args.quick)
     # The fast embedding path against torch: routing decisions over the dev steps and encode
     # throughput, side by side (bench/embed_fast.py; about 30 min in full on 2 busy cores).
