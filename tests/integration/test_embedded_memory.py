@@ -5,6 +5,7 @@ engine failure leaves nothing behind for the next call to trip on."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -120,6 +121,37 @@ async def test_an_engine_failure_resets_the_context_and_the_next_call_runs_clean
     retried = await judge.score_token(prompt(2), Sampling())
     assert retried.text == clean.text
     assert dict(retried.top_logprobs or ()).keys() == dict(clean.top_logprobs or ()).keys()
+
+
+async def test_a_call_its_caller_gave_up_on_keeps_the_engine_until_it_returns(
+    judge: EmbeddedJudge,
+) -> None:
+    """A judge timeout cancels the await, not llama.cpp: the abandoned completion runs on in
+    its thread, and the next call must not start beside it on the same context (that aborted
+    the 1.5B eval job in a GGML_ASSERT after a timeout)."""
+    llama: Any = judge._llama
+    inner = llama.create_chat_completion
+    running = overlaps = calls = 0
+
+    def tracked(*args: Any, **kwargs: Any) -> Any:
+        nonlocal running, overlaps, calls
+        running += 1
+        calls += 1
+        overlaps += running > 1
+        try:
+            return inner(*args, **kwargs)
+        finally:
+            running -= 1
+
+    llama.create_chat_completion = tracked
+    long = Sampling(max_tokens=200, temperature=0.0)
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.05):
+            await judge.complete(prompt(3), {"type": "object"}, long)
+    assert running == 1  # abandoned, still running in its thread
+    after = await judge.score_token(prompt(4), Sampling())
+    assert after.top_logprobs
+    assert calls == 2 and overlaps == 0
 
 
 @pytest.mark.parametrize(("megabytes", "capacity"), [(3, 3 * 2**20), (0, None)])

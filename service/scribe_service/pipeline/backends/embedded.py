@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, cast
@@ -64,6 +65,11 @@ class EmbeddedJudge:
             self.cache = StateCache(cache_bytes, keep_logits=False)
             self._llama.set_cache(cast(BaseLlamaCache, self.cache))  # its interface, duck-typed
         self._lock = asyncio.Lock()
+        # Held by the thread that runs llama.cpp, not by the awaiting coroutine: a call whose
+        # caller gave up (a judge timeout cancels the await) keeps running until llama.cpp
+        # returns, and a second completion on the same context beside it aborts the process
+        # in a GGML_ASSERT. The asyncio lock only keeps waiting calls off the thread pool.
+        self._engine = threading.Lock()
 
     async def check(self) -> None:
         return None
@@ -73,14 +79,24 @@ class EmbeddedJudge:
 
     async def _run(self, messages: Messages, sampling: Sampling, **kwargs: Any) -> dict[str, Any]:
         def run() -> dict[str, Any]:
-            result = self._llama.create_chat_completion(
-                messages=cast(Any, messages),
-                temperature=sampling.temperature,
-                top_p=sampling.top_p,
-                max_tokens=sampling.max_tokens,
-                seed=sampling.seed,
-                **kwargs,
-            )
+            with self._engine:
+                try:
+                    result = self._llama.create_chat_completion(
+                        messages=cast(Any, messages),
+                        temperature=sampling.temperature,
+                        top_p=sampling.top_p,
+                        max_tokens=sampling.max_tokens,
+                        seed=sampling.seed,
+                        **kwargs,
+                    )
+                except RuntimeError:
+                    # "llama_decode returned -1" or a state that would not load. The context's
+                    # memory may now disagree with the tokens llama-cpp-python thinks it
+                    # holds, and the next call reusing that prefix hits a GGML_ASSERT that
+                    # aborts the process: start over from an empty context, still holding the
+                    # engine, so a retry runs clean.
+                    self._reset()
+                    raise
             return cast(dict[str, Any], result)
 
         async with self._lock:
@@ -94,11 +110,6 @@ class EmbeddedJudge:
                     ) from exc
                 raise JudgeInvalidOutput(f"embedded judge rejected the prompt: {exc}") from exc
             except RuntimeError as exc:
-                # "llama_decode returned -1" or a state that would not load. The context's
-                # memory may now disagree with the tokens llama-cpp-python thinks it holds, and
-                # the next call reusing that prefix hits a GGML_ASSERT that aborts the process:
-                # start over from an empty context, so a retry runs clean.
-                self._reset()
                 raise JudgeUnavailable(
                     f"the embedded judge failed mid-evaluation ({exc}); its context was reset"
                 ) from exc
@@ -150,4 +161,8 @@ class EmbeddedJudge:
         )
 
     async def aclose(self) -> None:
-        self._llama.close()
+        def close() -> None:
+            with self._engine:  # after a call abandoned by its caller has returned
+                self._llama.close()
+
+        await asyncio.to_thread(close)
