@@ -71,6 +71,17 @@ def make_judge_backend(settings: Settings) -> JudgeBackend:
     )
 
 
+def configured_embedder(settings: Settings) -> Embedder:
+    """The embedder the SCRIBE_EMBEDDING_* settings name (blocking: it loads the model)."""
+    return make_embedder(
+        settings.embedding_model,
+        backend=settings.embedding_backend,
+        device=settings.embedding_device,
+        batch_size=settings.embedding_batch_size,
+        cache_dir=settings.cache_dir,
+    )
+
+
 async def build_pipeline(
     settings: Settings,
     *,
@@ -85,14 +96,7 @@ async def build_pipeline(
     """
     library = load_library(settings.prototypes_dir)
     if embedder is None:
-        embedder = await asyncio.to_thread(
-            make_embedder,
-            settings.embedding_model,
-            backend=settings.embedding_backend,
-            device=settings.embedding_device,
-            batch_size=settings.embedding_batch_size,
-            cache_dir=settings.cache_dir,
-        )
+        embedder = await asyncio.to_thread(configured_embedder, settings)
         # A restart finds the exemplars' vectors on disk instead of embedding them again.
         index_embedder = stored(embedder, settings.cache_dir)
     else:

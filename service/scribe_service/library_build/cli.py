@@ -49,17 +49,9 @@ def _stage_options(args: argparse.Namespace, settings: Settings) -> dict[str, An
 async def _load_models(settings: Settings) -> tuple[Embedder, JudgeBackend]:
     """The embedder and judge as `scribe serve` configures them (SCRIBE_EMBEDDING_*,
     SCRIBE_JUDGE_*), loaded off the event loop."""
-    from scribe_service.app import make_judge_backend
-    from scribe_service.pipeline.embed import make_embedder
+    from scribe_service.app import configured_embedder, make_judge_backend
 
-    embedder = await asyncio.to_thread(
-        make_embedder,
-        settings.embedding_model,
-        backend=settings.embedding_backend,
-        device=settings.embedding_device,
-        batch_size=settings.embedding_batch_size,
-        cache_dir=settings.cache_dir,
-    )
+    embedder = await asyncio.to_thread(configured_embedder, settings)
     return embedder, await asyncio.to_thread(make_judge_backend, settings)
 
 
