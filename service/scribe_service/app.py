@@ -79,6 +79,8 @@ def configured_embedder(settings: Settings) -> Embedder:
         device=settings.embedding_device,
         batch_size=settings.embedding_batch_size,
         cache_dir=settings.cache_dir,
+        export_dir=settings.embedding_export_dir,
+        threads=settings.embedding_threads,
     )
 
 
@@ -222,6 +224,9 @@ def create_app(
             settings.prototypes_dir,
             metrics=metrics,
             on_swap=[lambda state: score_log.use_library(state.library)],
+            # A reload reads and writes the exemplar store as the start did (not for an
+            # injected embedder, which is indexed with exactly what was given).
+            cache_dir=settings.cache_dir if embedder is None else None,
         )
         probing = None
         if pipeline.judge is not None:

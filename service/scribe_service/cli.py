@@ -211,6 +211,30 @@ def _prototypes(_: argparse.Namespace) -> int:
     return 0
 
 
+def _export_embedder(_: argparse.Namespace) -> int:
+    """Build the configured embedder and store the library's exemplar vectors, as a start
+    would, so that an image or an init container starts without exporting or encoding."""
+    from scribe_service.app import configured_embedder
+    from scribe_service.pipeline.embed import EmbeddingError
+    from scribe_service.pipeline.embed_onnx import OnnxEmbedder
+    from scribe_service.pipeline.embed_store import stored
+    from scribe_service.pipeline.library_state import index_library
+
+    settings = Settings()
+    library = load_library(settings.prototypes_dir)
+    try:
+        embedder = configured_embedder(settings)
+        index_library(library, stored(embedder, settings.cache_dir), settings.prototypes_dir)
+    except EmbeddingError as exc:
+        stderr.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
+        return EXIT_FAILED
+    if isinstance(embedder, OnnxEmbedder):
+        print(embedder.file)  # plain: a build script may read the path
+    else:
+        stderr.print(f"the {settings.embedding_backend} backend exports nothing", soft_wrap=True)
+    return EXIT_OK
+
+
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -268,6 +292,15 @@ def build_parser() -> argparse.ArgumentParser:
     route.add_argument("--prompt", help="the task the text answers")
     route.add_argument("--url", help="a running service (default SCRIBE_URL; else in-process)")
     route.set_defaults(run=lambda a: asyncio.run(_route_text(a)))
+
+    embedder = commands.add_parser("embedder", help="the embedding model (SCRIBE_EMBEDDING_*)")
+    embedder_commands = embedder.add_subparsers(dest="embedder_command", required=True)
+    export = embedder_commands.add_parser(
+        "export",
+        help="export the configured onnx embedder and store the library's exemplar vectors "
+        "ahead of time (images, init containers); prints the exported file",
+    )
+    export.set_defaults(run=_export_embedder)
 
     listing = commands.add_parser("prototypes", help="list the skill-prototype library")
     listing.set_defaults(run=_prototypes)

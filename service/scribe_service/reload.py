@@ -11,7 +11,10 @@ it started with, and its response names that version.
   file and the field; nothing is swapped.
 * Reloads are serialised by a lock: two at once cannot interleave their swaps, and the second
   sees the first's result as "previous".
-* A directory whose version (a content hash) equals the serving one is not indexed again.
+* A directory whose version (a content hash) equals the serving one is not indexed again, and
+  exemplars whose vectors are in the on-disk store (`pipeline/embed_store.py`: written at
+  start and by every reload) are read, not encoded: swapping back to an earlier library, or
+  to a refresh that kept its exemplars, calls no model.
 * With no directory given, the one serving now is read again, so SIGHUP after a refresh
   rewrote it in place picks the change up (and never reverts a directory swapped in by HTTP).
 """
@@ -39,6 +42,7 @@ from scribe_service.metrics import Metrics
 from scribe_service.pipeline.embed import Embedder, Vectors
 from scribe_service.pipeline.embed_batch import CoalescingEmbedder
 from scribe_service.pipeline.embed_cache import CachedEmbedder
+from scribe_service.pipeline.embed_store import Fingerprinted, stored
 from scribe_service.pipeline.library_state import LibraryState, index_library
 from scribe_service.pipeline.run import Pipeline
 
@@ -73,6 +77,8 @@ class _InChunks:
     def __init__(self, embedder: Embedder, chunk: int = INDEX_CHUNK) -> None:
         self.name = embedder.name
         self.dim = embedder.dim
+        # Chunking changes no vector: the store may key them by the model's fingerprint.
+        self.fingerprint = embedder.fingerprint if isinstance(embedder, Fingerprinted) else None
         self._embedder = embedder
         self._chunk = chunk
 
@@ -84,19 +90,22 @@ class _InChunks:
         return np.concatenate(parts) if parts else self._embedder.encode(texts)
 
 
-def _index_embedder(embedder: Embedder) -> Embedder:
+def _index_embedder(embedder: Embedder, cache_dir: Path | None) -> Embedder:
     # Exemplars are encoded once per reload; in the subgoal cache they would only crowd out
     # the subgoals it exists for.
     # Nor should they wait on the batching window meant for concurrent requests' subgoals.
     while isinstance(embedder, CachedEmbedder | CoalescingEmbedder):
         embedder = embedder.inner
-    return _InChunks(embedder)
+    chunked = _InChunks(embedder)
+    return chunked if cache_dir is None else stored(chunked, cache_dir)
 
 
 class LibraryReloader:
     """Reloads `pipeline`'s library from `directory` (the serving one) or another one.
 
-    `on_swap` is told each newly served state (the score log learns its domains)."""
+    `on_swap` is told each newly served state (the score log learns its domains).
+    `cache_dir`: the cache directory whose exemplar store indexing reads and writes, as
+    the start's does (None: every exemplar is encoded, as for an injected embedder)."""
 
     def __init__(
         self,
@@ -105,8 +114,10 @@ class LibraryReloader:
         *,
         metrics: Metrics,
         on_swap: Sequence[Callable[[LibraryState], None]] = (),
+        cache_dir: Path | None = None,
     ) -> None:
         self.pipeline = pipeline
+        self._cache_dir = cache_dir
         self.directory = directory
         self._metrics = metrics
         self._on_swap = tuple(on_swap)
@@ -152,7 +163,7 @@ class LibraryReloader:
             and previous.index.router is None
         ):
             return previous
-        embedder = _index_embedder(self.pipeline.embedder)
+        embedder = _index_embedder(self.pipeline.embedder, self._cache_dir)
         try:
             return await asyncio.to_thread(index_library, library, embedder, directory)
         except LibraryError as exc:  # the router beside it does not fit it

@@ -31,6 +31,7 @@ from scribe_client.protocol import ScoreRequest
 from scribe_service.app import create_app
 from scribe_service.library import load_library
 from scribe_service.pipeline.embed import SentenceTransformerEmbedder, Vectors
+from scribe_service.pipeline.embed_onnx import OnnxEmbedder
 from scribe_service.settings import BUNDLED_EMBEDDER, Settings
 from support import (
     PROTOTYPES,
@@ -411,6 +412,43 @@ def test_reload_under_concurrent_load_drops_nothing(
     assert {b["library_version"] for b in bodies} == set(versions)
     for body in bodies:
         assert _routed_to_new(body) is versions[body["library_version"]], body
+
+
+def _exemplars(directory: Path) -> list[str]:
+    return [e for p in load_library(directory).routable() for e in p.exemplars]
+
+
+@pytest.mark.real
+def test_a_reload_reads_the_exemplar_vectors_stored_before(
+    tmp_path: Path, libraries: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The configured embedder (ONNX MiniLM), every text its model encodes recorded: a
+    library's exemplars are encoded once, at start or at the first reload to it; swapping
+    back to a library seen before encodes none of them."""
+    v1, v2 = libraries
+    encoded: list[str] = []
+    encode = OnnxEmbedder.encode
+
+    def recorded(self: OnnxEmbedder, texts: Sequence[str]) -> Vectors:
+        encoded.extend(texts)
+        return encode(self, texts)
+
+    monkeypatch.setattr(OnnxEmbedder, "encode", recorded)
+    app = create_app(_settings(tmp_path, v1), judge_backend=FakeJudge())
+
+    def reload(client: TestClient, directory: Path) -> list[str]:
+        encoded.clear()
+        answer = client.post("/v1/admin/reload", json={"prototypes_dir": str(directory)})
+        assert answer.status_code == 200 and answer.json()["changed"], answer.text
+        return list(encoded)
+
+    with TestClient(app, headers=AUTH) as client:
+        assert encoded == _exemplars(v1)  # a fresh cache_dir: the start encodes them
+        assert reload(client, v2) == _exemplars(v2)  # new exemplars: encoded (in chunks)
+        assert reload(client, v1) == []  # stored at start
+        assert reload(client, v2) == []  # stored by the first reload
+        # The vectors read back route as the encoded ones did.
+        assert _routed_to_new(client.post("/v1/score", json=SQL_REQUEST).json())
 
 
 class _Judge(ScriptedJudgeHandler):

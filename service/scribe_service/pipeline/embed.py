@@ -112,13 +112,16 @@ class SentenceTransformerEmbedder:
 def make_embedder(
     name: str,
     *,
-    backend: EmbeddingBackend = "torch",
+    backend: EmbeddingBackend = "onnx",
     device: str = "cpu",
     batch_size: int = 64,
     cache_dir: Path,
+    export_dir: Path | None = None,
+    threads: int = 1,
 ) -> Embedder:
     """The configured embedder: torch, or the same model under ONNX Runtime (fp32 or int8,
-    exported once into `cache_dir`)."""
+    exported once into `export_dir`, default `cache_dir`/onnx-embedders, and run on `threads`
+    intra-op threads)."""
     if backend == "torch":
         return SentenceTransformerEmbedder(name, batch_size=batch_size, device=device)
     from scribe_service.pipeline.embed_onnx import OnnxEmbedder
@@ -126,7 +129,9 @@ def make_embedder(
     return OnnxEmbedder(
         name,
         cache_dir=cache_dir,
+        export_dir=export_dir,
         quantized=backend == "onnx-int8",
         batch_size=batch_size,
         device=device,
+        threads=threads,
     )

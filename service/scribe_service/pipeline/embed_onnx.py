@@ -2,7 +2,8 @@
 
 sentence-transformers' own ONNX backend goes through optimum-onnx, whose releases pin
 transformers < 4.58, below what the service runs; so the model is exported here instead, once,
-with torch's exporter, from the packaged weights (no hub), into the cache directory under a key
+with torch's exporter, from the packaged weights (no hub), into the export directory (by
+default in the cache directory; `scribe embedder export` fills it ahead of time) under a key
 made of the weights' and config's hashes: a new model or a new export recipe gets a new file,
 and site-packages is never written. int8 is onnxruntime's dynamic quantization of that file.
 
@@ -48,9 +49,11 @@ if TYPE_CHECKING:
 EXPORT_RECIPE = "torchscript-opset17-v1"
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 _MISSING_EXTRA = (
-    "the onnx embedding backends need the `fast-embed` extra: "
-    "pip install 'scribe-reward[fast-embed]' (or set SCRIBE_EMBEDDING_BACKEND=torch)"
+    "the onnx embedding backends need onnxruntime, onnx and tokenizers (the `service` extra): "
+    "pip install 'scribe-reward[service]' (or set SCRIBE_EMBEDDING_BACKEND=torch)"
 )
+EXPORT_DIR = "onnx-embedders"
+"""The exports' folder in the cache directory, where SCRIBE_EMBEDDING_EXPORT_DIR names none."""
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 LENGTH_SLACK = 0.9
 """A batch holds texts of at least this share of its longest one's tokens: at most a tenth
@@ -58,9 +61,10 @@ of its work is padding. Per text, a batch of 8 similar lengths and a batch of 1 
 CPU here (onnxruntime's per-call overhead is small next to a 6-layer encoder), so nothing is
 gained by mixing lengths to fill a batch."""
 DEFAULT_THREADS = 1
-"""onnxruntime's intra-op threads per encode. The service overlaps many small encodes with
-its event loop on the same cores; measured on 2 busy cores, one thread without spinning used
-half the CPU per text of the default (every core, spin-waiting) and answered sooner too."""
+"""onnxruntime's intra-op threads per encode (SCRIBE_EMBEDDING_THREADS's default). The service
+overlaps many small encodes with its event loop on the same cores; measured on 2 busy cores,
+one thread without spinning used half the CPU per text of the default (every core,
+spin-waiting) and answered sooner too."""
 
 
 def _read_json(path: Path) -> Any:
@@ -111,6 +115,9 @@ def _write_atomically(target: Path, write: Any) -> None:
     os.close(fd)
     try:
         write(Path(tmp))
+        # mkstemp's 0600 would keep the file from a replica running as another user (an
+        # image exported at build time, a shared volume): it holds public weights.
+        os.chmod(tmp, 0o644)
         os.replace(tmp, target)
     finally:
         Path(tmp).unlink(missing_ok=True)
@@ -159,9 +166,9 @@ def _quantize(source: Path, out: Path) -> None:
     quantize_dynamic(str(source), str(out), weight_type=QuantType.QInt8, per_channel=True)
 
 
-def onnx_model_file(model_dir: Path, cache_dir: Path, *, quantized: bool) -> Path:
-    """The model's ONNX file (int8 when `quantized`), exported into `cache_dir` on first use."""
-    folder = cache_dir / "onnx-embedders" / model_key(model_dir)
+def onnx_model_file(model_dir: Path, export_dir: Path, *, quantized: bool) -> Path:
+    """The model's ONNX file (int8 when `quantized`), exported into `export_dir` on first use."""
+    folder = export_dir / model_key(model_dir)
     fp32 = folder / "model.onnx"
     try:
         if not fp32.exists():
@@ -194,14 +201,16 @@ def _providers(device: str) -> list[str]:
 
 class OnnxEmbedder:
     """A sentence-transformers model (Transformer → mean pooling) run by ONNX Runtime, int8
-    when `quantized`. `encode` is serialised, as the torch embedder's is: one run already uses
-    every core."""
+    when `quantized`, from the export in `export_dir` (default: `cache_dir`/onnx-embedders).
+    `encode` is serialised, as the torch embedder's is: concurrent runs would only contend
+    for the same cores."""
 
     def __init__(
         self,
         name: str,
         *,
         cache_dir: Path,
+        export_dir: Path | None = None,
         quantized: bool = False,
         batch_size: int = 64,
         device: str = "cpu",
@@ -215,7 +224,8 @@ class OnnxEmbedder:
             raise EmbeddingError(_MISSING_EXTRA) from exc
         model_dir = Path(resolve_model_path(name))
         self._tokenizer = load_tokenizer(model_dir, check_layout(model_dir))
-        self.file = onnx_model_file(model_dir, cache_dir, quantized=quantized)
+        exports = cache_dir / EXPORT_DIR if export_dir is None else export_dir
+        self.file = onnx_model_file(model_dir, exports, quantized=quantized)
         kind = "onnx-int8" if quantized else "onnx"
         self.fingerprint: str | None = f"{kind}:{EXPORT_RECIPE}:{device}:{model_digest(model_dir)}"
         """What decides the vectors, for stores that keep them."""

@@ -72,6 +72,7 @@ def write_vectors(path: Path, vectors: Vectors) -> None:
     try:
         with os.fdopen(fd, "wb") as handle:
             np.save(handle, vectors, allow_pickle=False)
+        os.chmod(tmp, 0o644)  # as the ONNX export: readable by replicas under other users
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)

@@ -1,15 +1,18 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from scribe_service.app import build_pipeline
+from scribe_service import cli
+from scribe_service.app import build_pipeline, configured_embedder
 from scribe_service.pipeline.embed import (
     EmbeddingBackend,
     EmbeddingError,
@@ -20,6 +23,8 @@ from scribe_service.pipeline.embed import (
 from scribe_service.pipeline.embed_batch import CoalescingEmbedder
 from scribe_service.pipeline.embed_cache import CachedEmbedder
 from scribe_service.pipeline.embed_onnx import (
+    DEFAULT_THREADS,
+    EXPORT_DIR,
     OnnxEmbedder,
     check_layout,
     load_tokenizer,
@@ -43,6 +48,16 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("scribe-cache")
 
 
+@pytest.fixture
+def export_dir() -> Path:
+    """Where tests/conftest.py has every test's service export MiniLM: made once, shared."""
+    return Path(os.environ["SCRIBE_EMBEDDING_EXPORT_DIR"])
+
+
+def _files(folder: Path) -> dict[Path, int]:
+    return {path: path.stat().st_mtime_ns for path in folder.rglob("*")}
+
+
 @pytest.fixture(scope="module")
 def torch_vectors() -> np.ndarray:
     return SentenceTransformerEmbedder(BUNDLED_EMBEDDER).encode(SUBGOALS)
@@ -58,11 +73,14 @@ def test_onnx_backends_load_from_the_package_and_match_torch(
     min_cosine: float,
     batch_tolerance: float,
     cache_dir: Path,
+    export_dir: Path,
     torch_vectors: np.ndarray,
 ) -> None:
-    embedder = make_embedder(BUNDLED_EMBEDDER, backend=backend, cache_dir=cache_dir)
+    embedder = make_embedder(
+        BUNDLED_EMBEDDER, backend=backend, cache_dir=cache_dir, export_dir=export_dir
+    )
     assert isinstance(embedder, OnnxEmbedder)
-    assert embedder.file.is_relative_to(cache_dir)  # exported here, not into site-packages
+    assert embedder.file.is_relative_to(export_dir)  # the shared export, not cache_dir's
     vectors = embedder.encode(SUBGOALS)
     assert vectors.dtype == np.float32 and vectors.shape == (len(SUBGOALS), embedder.dim)
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
@@ -77,38 +95,80 @@ def test_onnx_backends_load_from_the_package_and_match_torch(
 
 
 @pytest.mark.real
-def test_the_export_is_reused_not_redone(cache_dir: Path) -> None:
-    first = OnnxEmbedder(BUNDLED_EMBEDDER, cache_dir=cache_dir)
+def test_the_export_is_reused_not_redone(cache_dir: Path, export_dir: Path) -> None:
+    first = OnnxEmbedder(BUNDLED_EMBEDDER, cache_dir=cache_dir, export_dir=export_dir)
     written = first.file.stat().st_mtime_ns
-    again = OnnxEmbedder(BUNDLED_EMBEDDER, cache_dir=cache_dir)
+    again = OnnxEmbedder(BUNDLED_EMBEDDER, cache_dir=cache_dir, export_dir=export_dir)
     assert again.file == first.file and again.file.stat().st_mtime_ns == written
     assert not list(first.file.parent.glob("*.tmp"))
+    assert not (cache_dir / EXPORT_DIR).exists()  # nothing exported where it was not asked
+
+
+@pytest.mark.real
+def test_a_fresh_cache_dir_gets_its_own_export_and_site_packages_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Unset SCRIBE_EMBEDDING_EXPORT_DIR (as in production): the default settings export into
+    the cache directory, and the model's package folder is left exactly as it was."""
+    monkeypatch.delenv("SCRIBE_EMBEDDING_EXPORT_DIR")
+    package = Path(resolve_model_path(BUNDLED_EMBEDDER))
+    before = _files(package)
+    settings = Settings(cache_dir=tmp_path / "cache")
+    assert settings.embedding_backend == "onnx" and settings.embedding_export_dir is None
+    embedder = configured_embedder(settings)
+    assert isinstance(embedder, OnnxEmbedder) and embedder.file.name == "model.onnx"
+    assert embedder.file.is_relative_to(tmp_path / "cache" / EXPORT_DIR)
+    assert embedder.file.stat().st_size > 10_000_000  # MiniLM's weights, not a stub
+    assert not list(embedder.file.parent.glob("*.tmp"))
+    assert embedder.file.stat().st_mode & 0o777 == 0o644  # readable by replicas as other users
+    assert _files(package) == before
 
 
 @pytest.mark.real
 @pytest.mark.anyio
-async def test_the_setting_selects_the_backend(
-    cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("backend", "file_name"), [(None, "model.onnx"), ("onnx-int8", "model_int8.onnx")]
+)
+async def test_the_settings_reach_the_embedder(
+    backend: str | None,
+    file_name: str,
+    cache_dir: Path,
+    export_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setenv("SCRIBE_EMBEDDING_BACKEND", "onnx-int8")
+    """The default backend (None: the variable unset), SCRIBE_EMBEDDING_EXPORT_DIR and
+    SCRIBE_EMBEDDING_THREADS, through build_pipeline to the session onnxruntime runs."""
+    if backend is not None:
+        monkeypatch.setenv("SCRIBE_EMBEDDING_BACKEND", backend)
     monkeypatch.setenv("SCRIBE_CACHE_DIR", str(cache_dir))
+    monkeypatch.setenv("SCRIBE_EMBEDDING_THREADS", "2")
     pipeline = await build_pipeline(Settings(), with_judge=False)
     cache = pipeline.embedder
     assert isinstance(cache, CachedEmbedder) and isinstance(cache.inner, CoalescingEmbedder)
     model = cache.inner.inner
-    assert isinstance(model, OnnxEmbedder) and model.file.name == "model_int8.onnx"
+    assert isinstance(model, OnnxEmbedder) and model.file.name == file_name
+    assert model.file.is_relative_to(export_dir)
+    assert model._session.get_session_options().intra_op_num_threads == 2
     vectors = pipeline.embedder.encode(SUBGOALS)
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
 
 
+def test_onnx_fp32_on_one_thread_is_the_default() -> None:
+    settings = Settings()
+    assert settings.embedding_backend == "onnx"
+    assert settings.embedding_threads == DEFAULT_THREADS == 1
+
+
 @pytest.mark.real
-def test_onnx_on_a_gpu_this_onnxruntime_lacks_is_an_embedding_error(cache_dir: Path) -> None:
+def test_onnx_on_a_gpu_this_onnxruntime_lacks_is_an_embedding_error(
+    cache_dir: Path, export_dir: Path
+) -> None:
     import onnxruntime
 
     if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
         pytest.skip("this onnxruntime can run on CUDA")
     with pytest.raises(EmbeddingError, match="cuda"):
-        OnnxEmbedder(BUNDLED_EMBEDDER, cache_dir=cache_dir, device="cuda")
+        OnnxEmbedder(BUNDLED_EMBEDDER, cache_dir=cache_dir, export_dir=export_dir, device="cuda")
 
 
 @pytest.mark.real
@@ -116,19 +176,23 @@ def test_the_device_reaches_torch() -> None:
     import torch
 
     if torch.cuda.is_available():
-        model = make_embedder(BUNDLED_EMBEDDER, device="cuda", cache_dir=Path("unused"))
+        model = make_embedder(
+            BUNDLED_EMBEDDER, backend="torch", device="cuda", cache_dir=Path("unused")
+        )
         assert isinstance(model, SentenceTransformerEmbedder)
         assert model.encode(SUBGOALS[:1]).shape == (1, model.dim)
     else:  # a CPU-only torch refuses it, which shows the setting got through
         with pytest.raises(EmbeddingError, match="CUDA"):
-            make_embedder(BUNDLED_EMBEDDER, device="cuda", cache_dir=Path("unused"))
+            make_embedder(
+                BUNDLED_EMBEDDER, backend="torch", device="cuda", cache_dir=Path("unused")
+            )
 
 
-def test_a_missing_extra_is_an_embedding_error_naming_it(
+def test_a_missing_onnxruntime_is_an_embedding_error_naming_the_extra(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import raises ImportError
-    with pytest.raises(EmbeddingError, match=r"fast-embed"):
+    with pytest.raises(EmbeddingError, match=r"scribe-reward\[service\]"):
         make_embedder(BUNDLED_EMBEDDER, backend="onnx", cache_dir=tmp_path)
 
 
@@ -207,18 +271,46 @@ def test_the_tokenizer_gives_the_ids_transformers_gives() -> None:
 
 @pytest.mark.real
 def test_serving_from_a_cached_export_imports_neither_torch_nor_transformers(
-    cache_dir: Path,
+    cache_dir: Path, export_dir: Path
 ) -> None:
-    OnnxEmbedder(BUNDLED_EMBEDDER, cache_dir=cache_dir)  # exports, if no test did yet
+    # Exports, if no test did yet.
+    OnnxEmbedder(BUNDLED_EMBEDDER, cache_dir=cache_dir, export_dir=export_dir)
     script = (
         "import sys\n"
+        "from pathlib import Path\n"
         "from scribe_service.pipeline.embed_onnx import OnnxEmbedder\n"
         "from scribe_service.settings import BUNDLED_EMBEDDER\n"
-        f"OnnxEmbedder(BUNDLED_EMBEDDER, cache_dir=__import__('pathlib').Path({str(cache_dir)!r}))"
-        ".encode(['a subgoal'])\n"
+        f"OnnxEmbedder(BUNDLED_EMBEDDER, cache_dir=Path({str(cache_dir)!r}), "
+        f"export_dir=Path({str(export_dir)!r})).encode(['a subgoal'])\n"
         "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))\n"
     )
     done = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=300
     )
     assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+@pytest.mark.real
+@pytest.mark.anyio
+async def test_after_scribe_embedder_export_a_start_encodes_no_exemplar(
+    tmp_path: Path,
+    export_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """What the image build runs: the export's path on stdout, and the library's exemplar
+    vectors stored, so the next start loads the export and calls the model on nothing."""
+    monkeypatch.setenv("SCRIBE_CACHE_DIR", str(tmp_path))
+    assert cli.main(["embedder", "export"]) == 0
+    printed = Path(capsys.readouterr().out.strip())
+    assert printed.is_file() and printed.is_relative_to(export_dir)
+    encoded: list[str] = []
+    encode = OnnxEmbedder.encode
+
+    def recorded(self: OnnxEmbedder, texts: Sequence[str]) -> np.ndarray:
+        encoded.extend(texts)
+        return encode(self, texts)
+
+    monkeypatch.setattr(OnnxEmbedder, "encode", recorded)
+    pipeline = await build_pipeline(Settings(), with_judge=False)
+    assert encoded == [] and pipeline.index.size > 0
