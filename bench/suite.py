@@ -255,10 +255,17 @@ class Service:
 
 @contextlib.contextmanager
 def scribe_serve(
-    judge_url: str, log: Path, embedding_backend: str | None = None
+    judge_url: str,
+    log: Path,
+    embedding_backend: str | None = None,
+    *,
+    command: Sequence[str] = ("-m", "scribe_service.cli", "serve"),
+    extra_env: dict[str, str] | None = None,
 ) -> Iterator[Service]:
     """`scribe serve` in a subprocess (support.scribe_server, but the process is needed for
-    its memory and the start is timed); `embedding_backend` None: the service's default."""
+    its memory and the start is timed); `embedding_backend` None: the service's default.
+    `command` (after the interpreter) and `extra_env` let bench/overhead.py run the same
+    service under a profiler, or from another source tree."""
     port = free_port()
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("SCRIBE_")},
@@ -271,10 +278,11 @@ def scribe_serve(
     }
     if embedding_backend is not None:
         env["SCRIBE_EMBEDDING_BACKEND"] = embedding_backend
+    env.update(extra_env or {})
     with log.open("wb") as sink:
         started = time.monotonic()
         process = subprocess.Popen(
-            [sys.executable, "-m", "scribe_service.cli", "serve"],
+            [sys.executable, *command],
             env=env,
             stdout=sink,
             stderr=subprocess.STDOUT,
@@ -373,10 +381,11 @@ def between(before: dict[str, float], after: dict[str, float]) -> dict[str, Any]
     }
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far: a start-up cost other load does not
-    inflate the way it inflates wall time."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+def cpu_seconds(pid: int, thread: int | None = None) -> float:
+    """User + system CPU time of a process (or of one of its threads) so far: a start-up cost
+    other load does not inflate the way it inflates wall time."""
+    where = f"/proc/{pid}" if thread is None else f"/proc/{pid}/task/{thread}"
+    fields = Path(f"{where}/stat").read_text().rpartition(")")[2].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
