@@ -14,7 +14,7 @@ Where each number comes from (the report says the same):
 from __future__ import annotations
 
 import math
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -254,17 +254,31 @@ def per_prototype(
     return out
 
 
+MAJORITY = "majority label of the fit split (no judge)"
+"""The reference row that guesses one label for every step: an arm whose fitted cut points
+separate nothing lands exactly here, and on data that is mostly +1 (ProcessBench before its
+first error) this row is high; an arm's agreement means something only above it."""
+
+
+def majority_label(records: Sequence[Record]) -> int | None:
+    """The most common human step label (the larger label on a tie); None without labels."""
+    counts = Counter(label for r in records for label in r.step_labels.values())
+    return max(counts, key=lambda label: (counts[label], label)) if counts else None
+
+
 def reference_rows(records: Sequence[Record], cfg: Config) -> dict[str, Any]:
-    """Agreement of each `llm_labels` set with the human labels on the reported split's steps:
-    the benchmark's own LLM annotators, on the same steps as our agreement."""
+    """Agreement with the human labels on the reported split's steps of a constant guess (the
+    fit split's majority label, `MAJORITY`) and of each `llm_labels` set: the benchmark's own
+    LLM annotators, on the same steps as our agreement."""
     report = [r for r in records if r.split == cfg.report_split]
     names = sorted({name for r in records for name in r.llm_labels})
+    constant = majority_label([r for r in records if r.split == cfg.fit_split])
 
     def rows(name: str, rs: Sequence[Record]) -> tuple[list[int], list[int]]:
         predicted, gold = [], []
         for record in rs:
             for index, label in record.step_labels.items():
-                guess = record.llm_labels.get(name, {}).get(index)
+                guess = constant if name == MAJORITY else record.llm_labels.get(name, {}).get(index)
                 if guess is not None:
                     predicted.append(guess)
                     gold.append(label)
@@ -280,7 +294,7 @@ def reference_rows(records: Sequence[Record], cfg: Config) -> dict[str, Any]:
         boot = m.bootstrap(report, statistic, n_resamples=cfg.n_resamples, seed=cfg.seed, size=size)
         return boot.as_dict()
 
-    return {name: estimate(name) for name in names}
+    return {name: estimate(name) for name in ([MAJORITY] if constant is not None else []) + names}
 
 
 def build_units(

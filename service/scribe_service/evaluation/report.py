@@ -124,7 +124,11 @@ def _labels_sections(summary: Mapping[str, Any]) -> list[str]:
     reference = summary.get("reference") or {}
     if reference:
         parts += [
-            "## Reference: the benchmark's LLM annotators on the same steps",
+            "## Reference rows on the same steps",
+            "",
+            "A constant guess (the fit split's most common human label for every step: what an "
+            "arm whose cut points separate nothing scores) and, where the records carry them, "
+            "the benchmark's own LLM annotators.",
             "",
             _markdown_table(
                 [["label set", "3-class agreement"]]

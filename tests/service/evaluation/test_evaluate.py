@@ -122,7 +122,7 @@ async def test_labels_report_counts_failures_and_matches_hand_values(
 
     written = json.loads((tmp_path / "summary.json").read_text(), parse_constant=no_constants)
     assert written["arms"]["direct"]["failed"] == 1
-    assert set(written["reference"]) == {"blind/model-x", "blind/model-y"}
+    assert set(written["reference"]) == {analysis.MAJORITY, "blind/model-x", "blind/model-y"}
     report = (tmp_path / "report.md").read_text()
     assert "![metrics.png](metrics.png)" in report and "fitted on split `a`" in report
 
