@@ -10,6 +10,7 @@ made again (a retry), never whether the step may pass without a verdict: it may 
     ├── JudgeHTTPError (judge_http)                       the server answered an error status
     ├── JudgeContextExceeded (judge_context_exceeded)     the prompt does not fit the context
     ├── JudgeInvalidOutput (judge_invalid_output)         a reply that is not a valid verdict
+    │   └── JudgeNoLogprobs                               logprob mode: none came back (final)
     └── JudgeLowScoreMass (judge_low_score_mass)          logprob mode: little mass on 0-3
 """
 
@@ -65,6 +66,16 @@ class JudgeContextExceeded(JudgeError):
 class JudgeInvalidOutput(JudgeError):
     type = "judge_invalid_output"
     transient = True  # sampling again may well produce a valid verdict
+
+
+class JudgeNoLogprobs(JudgeInvalidOutput):
+    """Logprob mode: the answer carried no `top_logprobs` for its score token.
+
+    Reported as invalid output, but never retried: a server that leaves them out (logprobs
+    switched off, an engine without them) leaves them out of every identical call, and
+    three calls would only triple the time to an explicit failure."""
+
+    transient = False
 
 
 class JudgeLowScoreMass(JudgeError):

@@ -18,7 +18,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from scribe_service.library import Prototype
 from scribe_service.pipeline.backends.base import Completion
-from scribe_service.pipeline.judge_errors import JudgeInvalidOutput, JudgeLowScoreMass
+from scribe_service.pipeline.judge_errors import (
+    JudgeInvalidOutput,
+    JudgeLowScoreMass,
+    JudgeNoLogprobs,
+)
 from scribe_service.pipeline.logprob import score_distribution
 
 MAX_FAILURE_MODES = 2
@@ -139,7 +143,7 @@ def parse_verdict(raw: str, prototype: Prototype) -> Verdict:
 def logprob_verdict(completion: Completion, min_score_mass: float) -> Verdict:
     """A verdict from one score token's alternatives; refused when they say too little."""
     if not completion.top_logprobs:
-        raise JudgeInvalidOutput("the judge returned no logprobs for its score token")
+        raise JudgeNoLogprobs("the judge returned no logprobs for its score token")
     distribution = score_distribution(completion.top_logprobs)
     if distribution.mass < min_score_mass:
         raise JudgeLowScoreMass(

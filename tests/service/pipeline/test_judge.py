@@ -9,13 +9,16 @@ import pytest
 
 from scribe_service.library import Library, Prototype
 from scribe_service.pipeline.judge import (
+    Completion,
     Judge,
     JudgeConnectionLost,
     JudgeContextExceeded,
     JudgeHTTPError,
     JudgeInvalidOutput,
+    JudgeNoLogprobs,
     JudgeTimeout,
     JudgeUnavailable,
+    Messages,
     OpenAIJudge,
     Sampling,
     is_context_exceeded,
@@ -535,6 +538,20 @@ async def test_judge_in_logprob_mode(prototype: Prototype) -> None:
     assert (verdict.score, verdict.expected_score, verdict.score_mass) == (2, 1.75, 1.0)
     assert backend.samplings[-1].max_tokens == 1
     assert judge.sampling("logprob").max_tokens == 1 and judge.sampling("verdict").max_tokens == 200
+
+
+@pytest.mark.anyio
+async def test_a_reply_without_logprobs_fails_once_as_invalid_output(prototype: Prototype) -> None:
+    class NoLogprobs(FakeJudge):  # a server with logprobs switched off
+        async def score_token(self, messages: Messages, sampling: Sampling) -> Completion:
+            self.prompts.append(messages)
+            return Completion("2")
+
+    backend = NoLogprobs()
+    with pytest.raises(JudgeNoLogprobs) as raised:
+        await _judge(backend, attempts=3).verdict([], prototype, "logprob")
+    assert raised.value.type == "judge_invalid_output"
+    assert len(backend.prompts) == 1  # the same call would come back without them again
 
 
 @pytest.mark.anyio
