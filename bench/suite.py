@@ -183,62 +183,13 @@ def report(figures: dict[str, float | None], context: dict[str, Any]) -> dict[st
 # --- the zero-latency judge ----------------------------------------------------------------
 
 
-def instant_reply(payload: dict[str, Any]) -> dict[str, Any]:
-    """The stand-in judge's answer: a logprob call gets all mass on "2", a verdict call a
-    fixed verdict."""
-    choice: dict[str, Any]
-    if payload.get("logprobs"):
-        top = [{"token": "2", "logprob": 0.0}, {"token": "3", "logprob": -9.0}]
-        choice = {
-            "message": {"content": "2"},
-            "finish_reason": "length",
-            "logprobs": {"content": [{"token": "2", "logprob": 0.0, "top_logprobs": top}]},
-        }
-    else:
-        verdict = {"failure_modes": [], "rationale": "fine", "score": 2}
-        choice = {"message": {"content": json.dumps(verdict)}, "finish_reason": "stop"}
-    usage = {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}
-    return {"choices": [choice], "usage": usage}
-
-
-async def instant_judge_app(scope: Any, receive: Any, send: Any) -> None:
-    """The stand-in as a raw ASGI app under uvicorn: one event loop for any number of calls
-    in flight, as a real judge server has, instead of a thread per connection; uvicorn also
-    turns Nagle off (http.server left on, each call waited 40 ms for a delayed ACK)."""
-    if scope["type"] == "lifespan":
-        while (await receive())["type"] != "lifespan.shutdown":
-            await send({"type": "lifespan.startup.complete"})
-        await send({"type": "lifespan.shutdown.complete"})
-        return
-    body = b""
-    while True:
-        message = await receive()
-        body += message.get("body", b"")
-        if not message.get("more_body"):
-            break
-    if scope["method"] == "GET":
-        answer: dict[str, Any] = {"data": [{"id": "instant", "owned_by": "bench"}]}
-    else:
-        answer = instant_reply(json.loads(body))
-    data = json.dumps(answer).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
-    await send({"type": "http.response.start", "status": 200, "headers": headers})
-    await send({"type": "http.response.body", "body": data})
-
-
-def serve_judge(port: int) -> None:
-    import uvicorn
-
-    uvicorn.run(
-        instant_judge_app, host="127.0.0.1", port=port, log_level="warning", access_log=False
-    )
-
-
 @contextlib.contextmanager
 def instant_judge() -> Iterator[str]:
     """The stand-in judge in its own process (its work is not the service's); yields /v1."""
     port = free_port()
-    process = subprocess.Popen([sys.executable, __file__, "--serve-judge", str(port)])
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "tests" / "standin_judge.py"), str(port)]
+    )
     try:
         wait_for(f"http://127.0.0.1:{port}/v1/models", process, timeout=60)
         yield f"http://127.0.0.1:{port}/v1"
@@ -445,7 +396,7 @@ def bench_service(
         "single_requests": len(single),
         "single_request_p50_ms": round(percentile(single, 50), 1),
         "concurrency": CONCURRENCY,
-        "judge": "zero-latency stand-in (instant_judge_app), logprob mode",
+        "judge": "zero-latency stand-in (tests/standin_judge.py), logprob mode",
         "judge_round_trip_p50_ms": round(percentile(floor, 50), 3),
     }
     return figures, context
@@ -586,11 +537,7 @@ def main() -> None:
         choices=("torch", "onnx", "onnx-int8"),
         help="SCRIBE_EMBEDDING_BACKEND of the measured service (default: the service's own)",
     )
-    parser.add_argument("--serve-judge", type=int, help=argparse.SUPPRESS)  # the child's job
     args = parser.parse_args()
-    if args.serve_judge is not None:
-        serve_judge(args.serve_judge)
-        return
     if args.out is None:
         parser.error("--out FILE.json is required")
     missing = [name for name in SOURCES if not (args.data / name).is_file()]

@@ -27,6 +27,7 @@ from support import PROTOTYPES, free_port, stop, wait_for
 from venvs import RECIPES, BuildError, ensure_venv
 
 SCRIPTS = Path(__file__).parent / "scripts"
+STANDIN_JUDGE = Path(__file__).parents[1] / "standin_judge.py"
 API_KEY = "ray-test-key"
 # Logical CPUs for the local instance: two replicas of one CPU each, with room for a third
 # while a redeploy or a replaced replica starts (Ray does not oversubscribe them).
@@ -34,7 +35,7 @@ CPUS = 4
 
 
 class Judge:
-    """tests/ray_serve/scripts/judge.py on a fixed loopback port."""
+    """tests/standin_judge.py on a fixed loopback port."""
 
     def __init__(self, log: Path) -> None:
         self.port = free_port()
@@ -45,7 +46,7 @@ class Judge:
     def start(self) -> None:
         with self._log.open("ab") as sink:
             self._process = subprocess.Popen(
-                [sys.executable, str(SCRIPTS / "judge.py"), str(self.port)],
+                [sys.executable, str(STANDIN_JUDGE), str(self.port)],
                 stdout=sink,
                 stderr=subprocess.STDOUT,
             )
