@@ -2,6 +2,8 @@
 
     .venv/bin/python bench/overhead.py profile [--groups 8] [--top 20] [--embedding-backend onnx]
     .venv/bin/python bench/overhead.py compare --before DIR [--rounds 4] [--embedding-backend onnx]
+    .venv/bin/python bench/overhead.py compare --uvicorn-before asyncio,h11 \
+        --uvicorn-after uvloop,httptools
 
 Both run the speed suite's GRPO-like workload (bench/suite.py: groups of 8 rollouts sharing
 their first steps, 64 requests in flight) against `scribe serve` judged by the suite's
@@ -19,6 +21,10 @@ client | tar -x -C DIR`), one from this tree, and sends each round
 of distinct groups to both, in alternating order, then the same sequential 10-step requests
 to both, interleaved. This machine is noisy (2 cores, other jobs): the ratio after / before
 of each round, taken minutes apart at most, is the figure; the milliseconds are context.
+`--uvicorn-before` / `--uvicorn-after LOOP,HTTP` start that side's service with uvicorn's
+event loop and HTTP parser forced (`scribe serve` leaves both to uvicorn's "auto", which
+takes uvloop and httptools when they are installed); without `--before` both sides run this
+tree, so what differs is the server alone.
 Service CPU per step (from /proc), and that of its event loop's thread alone, are reported
 beside wall time: load on the machine inflates wall time far more than it inflates CPU time,
 and the embedder's encodes (other threads) are most of the rest.
@@ -30,6 +36,7 @@ import argparse
 import asyncio
 import contextlib
 import cProfile
+import functools
 import os
 import pstats
 import signal
@@ -48,6 +55,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from suite import (  # noqa: E402
     CONCURRENCY,
     DEFAULT_DATA,
+    SERVE_COMMAND,
     SOURCES,
     Record,
     Service,
@@ -121,6 +129,38 @@ def serve_profiled(stats: Path) -> None:
     sys.exit(main(["serve"]))
 
 
+def uvicorn_choice(text: str) -> tuple[str, str]:
+    """`LOOP,HTTP` as uvicorn names them, e.g. `asyncio,h11` or `uvloop,httptools`."""
+    loop, _, http = text.partition(",")
+    if not loop or not http:
+        raise argparse.ArgumentTypeError(f"expected LOOP,HTTP (e.g. asyncio,h11), got {text!r}")
+    return loop, http
+
+
+def force_uvicorn(loop: str, http: str) -> None:
+    """Make every later `uvicorn.run` use this event loop and HTTP parser: `scribe serve`
+    does not name them, so this is the one place they are set."""
+    import uvicorn
+
+    uvicorn.run = functools.partial(uvicorn.run, loop=loop, http=http)
+
+
+def serve_with(loop: str, http: str) -> None:
+    """The service, with uvicorn's event loop and HTTP parser forced."""
+    force_uvicorn(loop, http)
+    from scribe_service.cli import main
+
+    sys.exit(main(["serve"]))
+
+
+def serve_command(uvicorn: tuple[str, str] | None) -> tuple[str, ...]:
+    """What `scribe_serve` runs (after the interpreter) for a side of a comparison: `scribe
+    serve`, or this script serving it with uvicorn's loop and parser forced."""
+    if uvicorn is None:
+        return SERVE_COMMAND
+    return (str(Path(__file__).resolve()), "--serve-uvicorn", ",".join(uvicorn))
+
+
 def top(stats: pstats.Stats, key: int, steps: int, count: int) -> list[str]:
     """`count` rows by own time (key 2) or cumulative time (key 3), per judged step."""
     table: dict[Any, Any] = stats.stats  # type: ignore[attr-defined]
@@ -186,13 +226,24 @@ def profile(
 
 @contextlib.contextmanager
 def two_services(
-    judge_url: str, before: Path, backend: str | None, tmp: Path
+    judge_url: str,
+    before: Path | None,
+    backend: str | None,
+    tmp: Path,
+    uvicorn: tuple[tuple[str, str] | None, tuple[str, str] | None] = (None, None),
 ) -> Iterator[tuple[Service, Service]]:
-    tree = os.pathsep.join(str(before / part) for part in ("service", "client"))
-    old_env = {"PYTHONPATH": tree + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    """The before and after services; `before` None: both from this tree (then `uvicorn`,
+    each side's forced loop and parser, is what differs)."""
+    old_env = {}
+    if before is not None:
+        tree = os.pathsep.join(str(before / part) for part in ("service", "client"))
+        old_env = {"PYTHONPATH": tree + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    commands = [serve_command(side) for side in uvicorn]
     with (
-        scribe_serve(judge_url, tmp / "before.log", backend, extra_env=old_env) as old,
-        scribe_serve(judge_url, tmp / "after.log", backend) as new,
+        scribe_serve(
+            judge_url, tmp / "before.log", backend, extra_env=old_env, command=commands[0]
+        ) as old,
+        scribe_serve(judge_url, tmp / "after.log", backend, command=commands[1]) as new,
     ):
         yield old, new
 
@@ -214,14 +265,19 @@ def grpo_round(service: Service, rollouts: Sequence[Record]) -> Round:
 
 
 def compare(
-    records: dict[str, list[Record]], before: Path, rounds: int, singles: int, backend: str | None
+    records: dict[str, list[Record]],
+    before: Path | None,
+    rounds: int,
+    singles: int,
+    backend: str | None,
+    uvicorn: tuple[tuple[str, str] | None, tuple[str, str] | None] = (None, None),
 ) -> None:
     warm_up, measured = workloads(records, rounds, GROUPS_PER_ROUND)
     requests = ten_step_requests(records[SOURCES[1]], singles + 2)
     with (
         tempfile.TemporaryDirectory() as tmp,
         instant_judge() as judge_url,
-        two_services(judge_url, before, backend, Path(tmp)) as (old, new),
+        two_services(judge_url, before, backend, Path(tmp), uvicorn) as (old, new),
     ):
         for service in (old, new):
             asyncio.run(score_all(service.url, warm_up, CONCURRENCY))
@@ -262,14 +318,15 @@ def compare(
             f"single 10-step request, {name}: p50 {percentile(times, 50):.1f} ms, "
             f"p99 {percentile(times, 99):.1f} ms ({len(times)} requests)"
         )
-    ratios = [a / b for a, b in zip(single["after"], single["before"], strict=True)]
-    print(f"single request median ratio after/before: {statistics.median(ratios):.2f}")
+    per_request = [a / b for a, b in zip(single["after"], single["before"], strict=True)]
+    print(f"single request median ratio after/before: {statistics.median(per_request):.2f}")
     print(f"load average at end: {os.getloadavg()}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--serve-profiled", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--serve-uvicorn", type=uvicorn_choice, help=argparse.SUPPRESS)
     commands = parser.add_subparsers(dest="command")
     for name in ("profile", "compare"):
         sub = commands.add_parser(name)
@@ -281,12 +338,19 @@ def main() -> None:
     commands.choices["profile"].add_argument(
         "--singles", type=int, default=0, help="profile N sequential 10-step requests instead"
     )
-    commands.choices["compare"].add_argument("--before", type=Path, required=True)
+    commands.choices["compare"].add_argument("--before", type=Path)
+    for side in ("before", "after"):
+        commands.choices["compare"].add_argument(
+            f"--uvicorn-{side}", type=uvicorn_choice, metavar="LOOP,HTTP"
+        )
     commands.choices["compare"].add_argument("--rounds", type=int, default=4)
     commands.choices["compare"].add_argument("--singles", type=int, default=20)
     args = parser.parse_args()
     if args.serve_profiled is not None:
         serve_profiled(args.serve_profiled)
+        return
+    if args.serve_uvicorn is not None:
+        serve_with(*args.serve_uvicorn)
         return
     if args.command is None:
         parser.error("profile or compare")
@@ -294,7 +358,10 @@ def main() -> None:
     if args.command == "profile":
         profile(records, args.groups, args.top, args.embedding_backend, args.save, args.singles)
     else:
-        compare(records, args.before, args.rounds, args.singles, args.embedding_backend)
+        sides = (args.uvicorn_before, args.uvicorn_after)
+        if args.before is None and sides == (None, None):
+            parser.error("compare needs --before DIR, or --uvicorn-before / --uvicorn-after")
+        compare(records, args.before, args.rounds, args.singles, args.embedding_backend, sides)
 
 
 if __name__ == "__main__":

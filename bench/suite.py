@@ -68,6 +68,8 @@ DEFAULT_DATA = ROOT.parent / "shared" / "data" / "dev"
 SOURCES = ("agentprocessbench_hotpotqa_dev.jsonl", "processbench_dev.jsonl")
 GROUP_SIZE = 8
 CONCURRENCY = 64
+SERVE_COMMAND = ("-m", "scribe_service.cli", "serve")
+"""`scribe serve`, after the interpreter."""
 KEYS = (
     "overhead_ms_per_step",
     "single_request_p99_ms",
@@ -210,7 +212,7 @@ def scribe_serve(
     log: Path,
     embedding_backend: str | None = None,
     *,
-    command: Sequence[str] = ("-m", "scribe_service.cli", "serve"),
+    command: Sequence[str] = SERVE_COMMAND,
     extra_env: dict[str, str] | None = None,
 ) -> Iterator[Service]:
     """`scribe serve` in a subprocess (support.scribe_server, but the process is needed for

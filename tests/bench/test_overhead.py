@@ -4,15 +4,18 @@ by hand, never here."""
 
 from __future__ import annotations
 
+import argparse
 import cProfile
 import importlib.util
 import pstats
 import sys
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
 
+from scribe_service.settings import Settings
 from support import ROOT, fixture_records
 
 
@@ -85,3 +88,39 @@ def test_the_top_table_is_per_judged_step() -> None:
 
 def _busy_line() -> int:
     return _busy.__code__.co_firstlineno
+
+
+def test_a_uvicorn_choice_is_a_loop_and_a_parser() -> None:
+    assert overhead.uvicorn_choice("uvloop,httptools") == ("uvloop", "httptools")
+    for bad in ("asyncio", ",h11", "asyncio,"):
+        with pytest.raises(argparse.ArgumentTypeError, match="LOOP,HTTP"):
+            overhead.uvicorn_choice(bad)
+
+
+def test_a_side_with_uvicorn_forced_runs_this_script_and_the_other_scribe_serve() -> None:
+    assert overhead.serve_command(None) == suite.SERVE_COMMAND
+    script, flag, choice = overhead.serve_command(("asyncio", "h11"))
+    assert (Path(script), flag, choice) == (
+        ROOT / "bench" / "overhead.py",
+        "--serve-uvicorn",
+        "asyncio,h11",
+    )
+    assert overhead.uvicorn_choice(choice) == ("asyncio", "h11")  # what --serve-uvicorn parses
+
+
+def test_forcing_uvicorn_reaches_the_run_call_of_scribe_serve(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """cli.py's serve calls `uvicorn.run` without loop or http: the forced pair must be what
+    uvicorn is finally given, whatever else serve passes."""
+    import uvicorn
+
+    calls: list[dict[str, Any]] = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: calls.append(kwargs))
+    overhead.force_uvicorn("asyncio", "h11")
+    from scribe_service.cli import main
+
+    assert main(["serve"]) == 0
+    [given] = calls
+    assert (given["loop"], given["http"]) == ("asyncio", "h11")
+    assert given["port"] == Settings().port  # serve's own arguments still arrive
