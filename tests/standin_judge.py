@@ -40,11 +40,13 @@ def reply(payload: dict[str, Any]) -> dict[str, Any]:
 
 
 class StandInJudge:
-    """The ASGI app; `delay` and `calls` are what /control sets and /calls reads."""
+    """The ASGI app; `delay` and `calls` are what /control sets and /calls reads. A chat call
+    whose body holds `refuse` is answered 400 (and counted), for a test's failed step."""
 
-    def __init__(self) -> None:
+    def __init__(self, refuse: bytes | None = None) -> None:
         self.delay = 0.0
         self.calls = 0
+        self._refuse = refuse
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
@@ -59,6 +61,7 @@ class StandInJudge:
             if not message.get("more_body"):
                 break
         answer: dict[str, Any]
+        status = 200
         if scope["path"] == "/control":
             self.delay = float(json.loads(body)["delay"])
             answer = {}
@@ -70,13 +73,16 @@ class StandInJudge:
             if self.delay:
                 await asyncio.sleep(self.delay)
             self.calls += 1
-            answer = reply(json.loads(body))
+            if self._refuse is not None and self._refuse in body:
+                status, answer = 400, {"error": {"message": "refused by the test"}}
+            else:
+                answer = reply(json.loads(body))
         data = json.dumps(answer).encode()
         headers = [
             (b"content-type", b"application/json"),
             (b"content-length", str(len(data)).encode()),
         ]
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": data})
 
 
