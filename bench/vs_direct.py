@@ -67,6 +67,7 @@ from suite import (  # noqa: E402
 )
 
 from scribe_client.protocol import ScoreRequest  # noqa: E402
+from scribe_service.app import configured_judge  # noqa: E402
 from scribe_service.evaluation.arms import (  # noqa: E402
     DIRECT,
     Arms,
@@ -75,9 +76,7 @@ from scribe_service.evaluation.arms import (  # noqa: E402
     load_baseline_templates,
 )
 from scribe_service.library import load_library  # noqa: E402
-from scribe_service.pipeline.backends.base import Sampling  # noqa: E402
 from scribe_service.pipeline.backends.openai import OpenAIJudge  # noqa: E402
-from scribe_service.pipeline.judge import Judge  # noqa: E402
 from scribe_service.pipeline.retrieve import Route  # noqa: E402
 from scribe_service.pipeline.segment import segment  # noqa: E402
 from scribe_service.settings import Settings  # noqa: E402
@@ -311,21 +310,9 @@ class DirectArm:
         self.backend = OpenAIJudge(
             judge_url, timeout=settings.judge_timeout, max_connections=concurrency
         )
-        self.judge = Judge(
+        self.judge = configured_judge(
             self.backend,
-            concurrency=concurrency,
-            timeout=settings.judge_timeout,
-            max_attempts=settings.judge_max_attempts,
-            sampling=Sampling(
-                temperature=settings.judge_temperature,
-                top_p=settings.judge_top_p,
-                max_tokens=settings.judge_max_tokens,
-                seed=settings.judge_seed,
-            ),
-            mode="logprob",
-            min_score_mass=settings.judge_min_score_mass,
-            backoff=settings.judge_backoff,
-            backoff_max=settings.judge_backoff_max,
+            settings.model_copy(update={"judge_concurrency": concurrency, "judge_mode": "logprob"}),
         )
         library = load_library(settings.prototypes_dir)
         self.arms = Arms(

@@ -84,6 +84,34 @@ def configured_embedder(settings: Settings) -> Embedder:
     )
 
 
+def configured_judge(
+    backend: JudgeBackend, settings: Settings, *, metrics: Metrics | None = None
+) -> Judge:
+    """The judge the SCRIBE_JUDGE_* settings describe, around `backend`: sampling, mode,
+    timeout, retries and their budget, health tracking, and calls in flight (one for the
+    embedded judge: one llama.cpp model instance runs one completion at a time anyway)."""
+    embedded = isinstance(backend, EmbeddedJudge)
+    return Judge(
+        backend,
+        concurrency=1 if embedded else settings.judge_concurrency,
+        timeout=settings.judge_timeout,
+        max_attempts=settings.judge_max_attempts,
+        sampling=Sampling(
+            temperature=settings.judge_temperature,
+            top_p=settings.judge_top_p,
+            max_tokens=settings.judge_max_tokens,
+            seed=settings.judge_seed,
+        ),
+        mode=settings.judge_mode,
+        min_score_mass=settings.judge_min_score_mass,
+        backoff=settings.judge_backoff,
+        backoff_max=settings.judge_backoff_max,
+        retry_budget=RetryBudget(ratio=settings.judge_retry_budget),
+        health=JudgeHealth(threshold=settings.judge_unreachable_after),
+        metrics=metrics,
+    )
+
+
 async def build_pipeline(
     settings: Settings,
     *,
@@ -123,28 +151,8 @@ async def build_pipeline(
         embedder = _cached_embedder(embedder, settings.embedding_cache_entries, metrics)
     judge = None
     if judge_backend is not None:
-        # One llama.cpp model instance runs one completion at a time anyway.
-        embedded = isinstance(judge_backend, EmbeddedJudge)
-        health = JudgeHealth(threshold=settings.judge_unreachable_after)
-        judge = Judge(
-            judge_backend,
-            concurrency=1 if embedded else settings.judge_concurrency,
-            timeout=settings.judge_timeout,
-            max_attempts=settings.judge_max_attempts,
-            sampling=Sampling(
-                temperature=settings.judge_temperature,
-                top_p=settings.judge_top_p,
-                max_tokens=settings.judge_max_tokens,
-                seed=settings.judge_seed,
-            ),
-            mode=settings.judge_mode,
-            min_score_mass=settings.judge_min_score_mass,
-            backoff=settings.judge_backoff,
-            backoff_max=settings.judge_backoff_max,
-            retry_budget=RetryBudget(ratio=settings.judge_retry_budget),
-            health=health,
-            metrics=metrics,
-        )
+        judge = configured_judge(judge_backend, settings, metrics=metrics)
+        health = judge.health
         metrics.judge_available.set_function(lambda: float(health.available))
     log.info(
         "library %s: %d prototypes, %d exemplars indexed; judge %s",
