@@ -19,6 +19,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import httpx
@@ -453,3 +454,17 @@ def compose_command() -> list[str]:
     if os.environ.get("CI"):
         pytest.fail(f"{message}: CI must validate the compose files")
     pytest.skip(message)
+
+
+def load_bench(name: str) -> ModuleType:
+    """bench/NAME.py as the module `bench_NAME`: bench/ holds scripts, not a package. Registered
+    in sys.modules before it runs (dataclasses look their module up while a class is made),
+    with bench/ on sys.path for the scripts' imports of each other."""
+    if str(ROOT / "bench") not in sys.path:
+        sys.path.insert(0, str(ROOT / "bench"))
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "bench" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module

@@ -6,30 +6,17 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import importlib.util
 import pstats
 import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 
 from scribe_service.settings import Settings
-from support import ROOT, fixture_records
+from support import ROOT, fixture_records, load_bench
 
-
-def _load(name: str) -> ModuleType:
-    sys.path.insert(0, str(ROOT / "bench"))  # overhead.py imports the suite as `suite`
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "bench" / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-overhead = _load("overhead")
+overhead = load_bench("overhead")
 suite = sys.modules["suite"]  # as overhead.py imported it
 
 

@@ -4,10 +4,7 @@ takes minutes and is run by `scripts/bench`, never here."""
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
-import sys
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -16,19 +13,9 @@ from scribe_client.protocol import ScoreRequest
 from scribe_service.pipeline.backends.base import Sampling
 from scribe_service.pipeline.backends.openai import OpenAIJudge
 from scribe_service.pipeline.segment import segment
-from support import ROOT, fixture_records
+from support import fixture_records, load_bench
 
-
-def _load_suite() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_suite", ROOT / "bench" / "suite.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the class is made
-    spec.loader.exec_module(module)
-    return module
-
-
-suite = _load_suite()
+suite = load_bench("suite")
 
 
 def _assistant_turns(request: dict[str, Any]) -> list[dict[str, Any]]:

@@ -5,34 +5,20 @@ and vLLM take many minutes and are run by hand (`python bench/vs_direct.py --ser
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 from standin_judge import StandInJudge
 
-from support import ROOT, fixture_records, uvicorn_in_thread
+from support import fixture_records, load_bench, uvicorn_in_thread
 
 MARKER = "REFUSE-THIS-STEP-7f3a"
 
 
-def _load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        "bench_vs_direct", ROOT / "bench" / "vs_direct.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the class is made
-    spec.loader.exec_module(module)
-    return module
-
-
-vs_direct = _load()
+vs_direct = load_bench("vs_direct")
 
 
 def _steps(records: list[dict[str, Any]]) -> int:
