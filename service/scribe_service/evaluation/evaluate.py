@@ -37,7 +37,6 @@ from scribe_service.evaluation.runner import (
     concurrency,
     consistency_jobs,
     judge_setup,
-    judge_with,
     labels_jobs,
     route_records,
     run_jobs,
@@ -165,7 +164,7 @@ async def evaluate(
                     f"--judge-url serves {judge.backend.model!r}, the service judges with "
                     f"{model!r}: every arm must have the same judge"
                 )
-            judge = None if judge is None else judge_with(judge, settings, sampling)
+            judge = None if judge is None else judge.with_sampling(sampling)
             jobs = [_service_job(job, judge, sampling) for job in jobs]
         else:
             assert judge is not None

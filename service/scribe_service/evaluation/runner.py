@@ -207,22 +207,6 @@ async def route_records(pipeline: Pipeline, records: Sequence[Record]) -> list[l
     return items
 
 
-def judge_with(base: Judge, settings: Settings, sampling: Sampling) -> Judge:
-    """A judge like `base` (same backend, retries and validation) with other sampling."""
-    return Judge(
-        base.backend,
-        concurrency=concurrency(base, settings),
-        timeout=settings.judge_timeout,
-        max_attempts=settings.judge_max_attempts,
-        sampling=sampling,
-        mode=base.mode,
-        min_score_mass=base.min_score_mass,
-        backoff=settings.judge_backoff,
-        backoff_max=settings.judge_backoff_max,
-        health=base.health,
-    )
-
-
 def concurrency(judge: Judge, settings: Settings) -> int:
     return 1 if isinstance(judge.backend, EmbeddedJudge) else settings.judge_concurrency
 
@@ -365,7 +349,7 @@ def consistency_jobs(
     sampling = replace(base.sampling("verdict"), temperature=temperature)
     # A fixed seed would make every repeat identical: repeat r samples with seed + r.
     judges = [
-        judge_with(base, settings, replace(sampling, seed=seed + r))
+        base.with_sampling(replace(sampling, seed=seed + r))
         for r in range(max(repeats, logprob_repeats))
     ]
     steps = [item for record_items in items for item in record_items]

@@ -18,6 +18,7 @@ This module also re-exports the names callers have always imported from it.
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
@@ -142,6 +143,13 @@ class Judge:
         self._backoff_max = backoff_max
         self._budget = retry_budget or RetryBudget(ratio=0.2)
         self._sleep = sleep
+
+    def with_sampling(self, sampling: Sampling) -> Judge:
+        """This judge sending `sampling` instead: the same backend, mode, calls in flight,
+        retry budget, health and metrics, so its calls count against this judge's bounds."""
+        other = copy.copy(self)
+        other._sampling = sampling
+        return other
 
     def sampling(self, mode: JudgeMode) -> Sampling:
         """What every first call in `mode` sends: logprob mode needs one output token."""

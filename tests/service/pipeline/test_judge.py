@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -151,6 +152,31 @@ async def test_retries_without_a_seed_stay_unseeded(prototype: Prototype) -> Non
     )  # fmt: skip
     assert (await judge.verdict([], prototype)).score == 1
     assert [(s.temperature, s.seed) for s in backend.samplings] == [(0.0, None), (0.5, None)]
+
+
+@pytest.mark.anyio
+async def test_a_judge_with_other_sampling_shares_its_bounds(prototype: Prototype) -> None:
+    backend = FakeJudge(delay=0.05)
+    base = Judge(backend, concurrency=1, timeout=5, max_attempts=1, sampling=Sampling(seed=0))
+    other = base.with_sampling(Sampling(temperature=1.0, seed=3))
+    assert other.backend is backend and other.health is base.health
+    in_flight, peak = 0, 0
+    original = backend._next
+
+    async def counted(messages: Messages, sampling: Sampling) -> str | None:
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        try:
+            return await original(messages, sampling)
+        finally:
+            in_flight -= 1
+
+    backend._next = counted  # type: ignore[method-assign]
+    await asyncio.gather(base.verdict([], prototype), other.verdict([], prototype))
+    assert peak == 1  # one call in flight across both: they share the judge's slots
+    assert sorted((s.temperature, s.seed) for s in backend.samplings) == [(0.0, 0), (1.0, 3)]
+    assert base.sampling("verdict") == Sampling(seed=0)
 
 
 @pytest.mark.anyio
