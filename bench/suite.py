@@ -55,6 +55,7 @@ from typing import Any
 import httpx
 import numpy as np
 import numpy.typing as npt
+from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
@@ -305,16 +306,16 @@ def scrape(url: str) -> dict[str, float]:
     """The service's judgment-cache counters and stage-time sums and counts, from /metrics,
     keyed `judgment_cache.<result>`, `stage_s.<stage>` and `stage_n.<stage>`."""
     wanted = {
-        "scribe_judgment_cache_total": "judgment_cache",
-        "scribe_stage_seconds_sum": "stage_s",
-        "scribe_stage_seconds_count": "stage_n",
+        ("scribe_judgment_cache_total", "result"): "judgment_cache",
+        ("scribe_stage_seconds_sum", "stage"): "stage_s",
+        ("scribe_stage_seconds_count", "stage"): "stage_n",
     }
     out: dict[str, float] = {}
-    for line in httpx.get(f"{url}/metrics", timeout=10).text.splitlines():
-        name, _, rest = line.partition("{")
-        if name in wanted and "} " in rest:
-            label, value = rest.split("} ")
-            out[f"{wanted[name]}.{label.split(chr(34))[1]}"] = float(value)
+    for family in text_string_to_metric_families(httpx.get(f"{url}/metrics", timeout=10).text):
+        for sample in family.samples:
+            for (name, label), key in wanted.items():
+                if sample.name == name:
+                    out[f"{key}.{sample.labels[label]}"] = sample.value
     return out
 
 

@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
@@ -355,16 +356,17 @@ def direct_tally(
 
 def prefix_cache_counters(metrics_text: str) -> PrefixCache | None:
     """vLLM's prefix-cache hits and queries (summed over label sets) from a /metrics page;
-    None when the page has neither (llama.cpp, the stand-in)."""
+    None when the page has neither (llama.cpp) or is no Prometheus text (the stand-in)."""
     sums = {"hits": 0.0, "queries": 0.0}
     found = False
-    for line in metrics_text.splitlines():
-        if not line.startswith("vllm:prefix_cache_"):
-            continue
-        name, _, value = line.rpartition(" ")
-        metric = name.partition("{")[0].removeprefix("vllm:prefix_cache_").removesuffix("_total")
-        if metric in sums:
-            sums[metric] += float(value)
+    try:
+        samples = [s for f in text_string_to_metric_families(metrics_text) for s in f.samples]
+    except ValueError:
+        return None
+    for sample in samples:
+        metric = sample.name.removeprefix("vllm:prefix_cache_").removesuffix("_total")
+        if sample.name.startswith("vllm:prefix_cache_") and metric in sums:
+            sums[metric] += sample.value
             found = True
     return PrefixCache(sums["hits"], sums["queries"]) if found else None
 

@@ -102,6 +102,7 @@ def test_prefix_cache_counters_sum_vllms_hits_and_queries_over_engines() -> None
 
 def test_a_server_without_vllm_metrics_has_no_prefix_cache_rate() -> None:
     assert vs_direct.prefix_cache_counters("# llama.cpp\nrequests_total 3\n") is None
+    assert vs_direct.prefix_cache_counters('{"data": [{"id": "stand-in"}]}') is None
     assert vs_direct.PrefixCache(0.0, 0.0).hit_rate is None
 
 
