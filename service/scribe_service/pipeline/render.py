@@ -43,7 +43,8 @@ def elide(text: str, limit: int) -> str:
         return text
     head = limit * 2 // 3
     tail = limit - head
-    return f"{text[:head]}\n[… {len(text) - limit} characters elided …]\n{text[-tail:]}"
+    # Not text[-tail:]: a tail of 0 would be the whole text.
+    return f"{text[:head]}\n[… {len(text) - limit} characters elided …]\n{text[len(text) - tail :]}"
 
 
 def _sections(template: str, values: Mapping[str, str]) -> str:
@@ -91,7 +92,7 @@ def _history(segmented: Segmented, step: Step, budget: int) -> str:
     if len(text) <= budget:
         return text
     # The most recent history matters most for judging the next step.
-    return f"[… {len(text) - budget} earlier characters elided …]\n{text[-budget:]}"
+    return f"[… {len(text) - budget} earlier characters elided …]\n{text[len(text) - budget :]}"
 
 
 def render_messages(

@@ -47,6 +47,23 @@ def test_elide_keeps_head_and_tail() -> None:
     assert elide("short", 30) == "short"
 
 
+@pytest.mark.parametrize("limit", [0, 1, 2])
+def test_elide_keeps_no_more_than_its_limit(limit: int) -> None:
+    out = elide("abcdefghij", limit)
+    assert len(out.replace(f"\n[… {10 - limit} characters elided …]\n", "")) == limit
+
+
+def test_a_zero_context_budget_shows_no_task_or_history(library: Library) -> None:
+    segmented = segment(completion="Step 1: A\na\n\nStep 2: B\nb", prompt="The whole task")
+    messages = render_messages(
+        library, library.fallback, segmented, segmented.steps[1],
+        max_step_chars=100, max_context_chars=0,
+    )  # fmt: skip
+    user = messages[1]["content"]
+    assert "The whole task" not in user and "Step 1: A" not in user
+    assert "14 characters elided" in user
+
+
 def test_rubric_lists_levels_and_failure_caps(library: Library) -> None:
     prototype = next(iter(library.routable()))
     text = rubric_text(prototype)
