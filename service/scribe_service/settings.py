@@ -11,6 +11,14 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 BUNDLED_EMBEDDER = "bundled:all-MiniLM-L6-v2"
 EMBEDDED_JUDGE_MODEL = "qwen2.5-coder-1.5b-instruct-q4_k_m"
+EMBEDDING_THREADS = 2
+"""onnx backends: batches encoded at once, each on one onnxruntime thread. A 6-layer encoder
+over short subgoals gains less from intra-op threads than they cost (on 2 busy cores one
+spin-free thread used half the CPU per text of one per core), but a request's subgoals fall
+into several batches by length (six for ten subgoals, typically), and independent batches
+on two threads answer sooner for no more CPU: bench/overhead.py compare on 2 cores, a 10-step
+request's median 0.67x of one thread's (p99 196 -> 124 ms), GRPO wall per step 0.75x, CPU
+per step 0.90x; with both cores busy elsewhere, 0.99x and 0.82x."""
 
 
 RETIRED = {
@@ -89,11 +97,10 @@ class Settings(BaseSettings):
         "(one file per model and recipe); unset: `onnx-embedders` in cache_dir.",
     )
     embedding_threads: int = Field(
-        default=1,
+        default=EMBEDDING_THREADS,
         ge=1,
-        description="onnx backends: onnxruntime's intra-op threads per encode. 1: the "
-        "service overlaps many small encodes with its event loop, and on 2 busy cores one "
-        "thread used half the CPU per text of one per core and answered sooner.",
+        description="onnx backends: how many batches of subgoals encode at once, each on one "
+        "onnxruntime thread (see EMBEDDING_THREADS).",
     )
     embedding_device: str = Field(
         default="cpu", description="Where the embedding model runs: cpu, or cuda (cuda:N)."

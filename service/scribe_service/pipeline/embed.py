@@ -17,7 +17,7 @@ from typing import Literal, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from scribe_service.settings import BUNDLED_EMBEDDER
+from scribe_service.settings import BUNDLED_EMBEDDER, EMBEDDING_THREADS
 
 Vectors = npt.NDArray[np.float32]
 EmbeddingBackend = Literal["torch", "onnx", "onnx-int8"]
@@ -117,11 +117,11 @@ def make_embedder(
     batch_size: int = 64,
     cache_dir: Path,
     export_dir: Path | None = None,
-    threads: int = 1,
+    threads: int = EMBEDDING_THREADS,
 ) -> Embedder:
     """The configured embedder: torch, or the same model under ONNX Runtime (fp32 or int8,
-    exported once into `export_dir`, default `cache_dir`/onnx-embedders, and run on `threads`
-    intra-op threads)."""
+    exported once into `export_dir`, default `cache_dir`/onnx-embedders, encoding up to `threads`
+    batches at once)."""
     if backend == "torch":
         return SentenceTransformerEmbedder(name, batch_size=batch_size, device=device)
     from scribe_service.pipeline.embed_onnx import OnnxEmbedder

@@ -26,9 +26,10 @@ import hashlib
 import json
 import os
 import tempfile
-import threading
 import warnings
+import weakref
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,6 +42,7 @@ from scribe_service.pipeline.embed import (
     model_digest,
     resolve_model_path,
 )
+from scribe_service.settings import EMBEDDING_THREADS
 
 if TYPE_CHECKING:
     from tokenizers import Encoding, Tokenizer
@@ -60,11 +62,6 @@ LENGTH_SLACK = 0.9
 of its work is padding. Per text, a batch of 8 similar lengths and a batch of 1 cost the same
 CPU here (onnxruntime's per-call overhead is small next to a 6-layer encoder), so nothing is
 gained by mixing lengths to fill a batch."""
-DEFAULT_THREADS = 1
-"""onnxruntime's intra-op threads per encode (SCRIBE_EMBEDDING_THREADS's default). The service
-overlaps many small encodes with its event loop on the same cores; measured on 2 busy cores,
-one thread without spinning used half the CPU per text of the default (every core,
-spin-waiting) and answered sooner too."""
 
 
 def _read_json(path: Path) -> Any:
@@ -202,8 +199,8 @@ def _providers(device: str) -> list[str]:
 class OnnxEmbedder:
     """A sentence-transformers model (Transformer → mean pooling) run by ONNX Runtime, int8
     when `quantized`, from the export in `export_dir` (default: `cache_dir`/onnx-embedders).
-    `encode` is serialised, as the torch embedder's is: concurrent runs would only contend
-    for the same cores."""
+    Each encode's batches run on a pool of `threads` workers shared by every caller, each
+    batch on one onnxruntime thread (settings.EMBEDDING_THREADS says why)."""
 
     def __init__(
         self,
@@ -214,7 +211,7 @@ class OnnxEmbedder:
         quantized: bool = False,
         batch_size: int = 64,
         device: str = "cpu",
-        threads: int = DEFAULT_THREADS,
+        threads: int = EMBEDDING_THREADS,
     ) -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -230,7 +227,7 @@ class OnnxEmbedder:
         self.fingerprint: str | None = f"{kind}:{EXPORT_RECIPE}:{device}:{model_digest(model_dir)}"
         """What decides the vectors, for stores that keep them."""
         options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
+        options.intra_op_num_threads = 1
         options.inter_op_num_threads = 1
         # Spinning threads burn the cores the event loop and the other encodes need.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
@@ -245,7 +242,10 @@ class OnnxEmbedder:
         self.name = name
         self.dim = int(_read_json(model_dir / "config.json")["hidden_size"])
         self._batch_size = batch_size
-        self._lock = threading.Lock()
+        self.threads = threads
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="onnx-encode")
+        # Its idle workers would outlive a dropped embedder (a reload, a test) otherwise.
+        weakref.finalize(self, self._pool.shutdown, wait=False)
 
     def _encode_batch(self, encodings: Sequence[Encoding]) -> Vectors:
         feed = pad(encodings)
@@ -263,9 +263,9 @@ class OnnxEmbedder:
             return out
         encodings = self._tokenizer.encode_batch(list(texts))
         batches = plan_batches([len(e.ids) for e in encodings], self._batch_size)
-        with self._lock:
-            for rows in batches:
-                out[rows] = self._encode_batch([encodings[i] for i in rows])
+        runs = [self._pool.submit(self._encode_batch, [encodings[i] for i in b]) for b in batches]
+        for rows, run in zip(batches, runs, strict=True):
+            out[rows] = run.result()
         return out
 
 

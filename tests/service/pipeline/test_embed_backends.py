@@ -4,8 +4,11 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
@@ -23,7 +26,6 @@ from scribe_service.pipeline.embed import (
 from scribe_service.pipeline.embed_batch import CoalescingEmbedder
 from scribe_service.pipeline.embed_cache import CachedEmbedder
 from scribe_service.pipeline.embed_onnx import (
-    DEFAULT_THREADS,
     EXPORT_DIR,
     OnnxEmbedder,
     check_layout,
@@ -31,7 +33,10 @@ from scribe_service.pipeline.embed_onnx import (
     pad,
     plan_batches,
 )
-from scribe_service.settings import BUNDLED_EMBEDDER, Settings
+from scribe_service.settings import BUNDLED_EMBEDDER, EMBEDDING_THREADS, Settings
+
+if TYPE_CHECKING:
+    from tokenizers import Encoding
 
 SUBGOALS = [
     "Search for the director of the 1979 film Alien",
@@ -141,22 +146,54 @@ async def test_the_settings_reach_the_embedder(
     if backend is not None:
         monkeypatch.setenv("SCRIBE_EMBEDDING_BACKEND", backend)
     monkeypatch.setenv("SCRIBE_CACHE_DIR", str(cache_dir))
-    monkeypatch.setenv("SCRIBE_EMBEDDING_THREADS", "2")
+    monkeypatch.setenv("SCRIBE_EMBEDDING_THREADS", "3")
     pipeline = await build_pipeline(Settings(), with_judge=False)
     cache = pipeline.embedder
     assert isinstance(cache, CachedEmbedder) and isinstance(cache.inner, CoalescingEmbedder)
     model = cache.inner.inner
     assert isinstance(model, OnnxEmbedder) and model.file.name == file_name
     assert model.file.is_relative_to(export_dir)
-    assert model._session.get_session_options().intra_op_num_threads == 2
+    assert model.threads == 3 and model._pool._max_workers == 3
+    assert model._session.get_session_options().intra_op_num_threads == 1
     vectors = pipeline.embedder.encode(SUBGOALS)
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
 
 
-def test_onnx_fp32_on_one_thread_is_the_default() -> None:
+def test_onnx_fp32_on_two_threads_is_the_default() -> None:
     settings = Settings()
     assert settings.embedding_backend == "onnx"
-    assert settings.embedding_threads == DEFAULT_THREADS == 1
+    assert settings.embedding_threads == EMBEDDING_THREADS == 2
+
+
+@pytest.mark.real
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_requests_batches_encode_at_once_up_to_threads(
+    threads: int, cache_dir: Path, export_dir: Path
+) -> None:
+    model = OnnxEmbedder(
+        BUNDLED_EMBEDDER, cache_dir=cache_dir, export_dir=export_dir, threads=threads
+    )
+    alone = np.stack([model.encode([text])[0] for text in SUBGOALS])
+    running, peak, lock = 0, 0, threading.Lock()
+    encode_batch = model._encode_batch
+
+    def slow(encodings: Sequence[Encoding]) -> np.ndarray:
+        nonlocal running, peak
+        with lock:
+            running += 1
+            peak = max(peak, running)
+        time.sleep(0.05)  # long enough for the other worker to start its batch meanwhile
+        try:
+            return encode_batch(encodings)
+        finally:
+            with lock:
+                running -= 1
+
+    model._encode_batch = slow  # type: ignore[method-assign]
+    assert len(plan_batches([len(e.ids) for e in model._tokenizer.encode_batch(SUBGOALS)], 64)) > 2
+    together = model.encode(SUBGOALS)
+    assert peak == threads
+    np.testing.assert_allclose(together, alone, atol=1e-5)  # each row back in its place
 
 
 @pytest.mark.real
@@ -238,8 +275,6 @@ def test_texts_are_batched_by_token_length(
 
 
 def test_a_batch_is_right_padded_with_a_zero_mask() -> None:
-    from tokenizers import Encoding
-
     class Row:  # the three fields `pad` reads, as an Encoding has them
         def __init__(self, ids: list[int]) -> None:
             self.ids = ids
