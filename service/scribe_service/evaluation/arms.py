@@ -311,7 +311,7 @@ class RubricStore:
         self, messages: list[dict[str, str]], judge: Judge, sampling: Sampling
     ) -> tuple[Prototype, dict[str, Any]]:
         self.calls += 1
-        completion = await judge.backend.complete(messages, rubric_schema(), sampling)
+        completion = await judge.complete(messages, rubric_schema(), sampling)
         data = _json_object(completion.text)
         return rubric_prototype(data), data
 

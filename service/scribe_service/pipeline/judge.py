@@ -22,7 +22,7 @@ import copy
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
-from typing import Literal
+from typing import Any, Literal
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 
@@ -176,20 +176,32 @@ class Judge:
         finally:
             self._metrics.judge_calls.labels(outcome).inc()
 
+    async def complete(
+        self, messages: Messages, schema: dict[str, Any], sampling: Sampling
+    ) -> Completion:
+        """One structured call outside the verdict protocol (an instance rubric), bounded as
+        a verdict's call is: in one of this judge's slots, within its timeout, its answer or
+        silence recorded in its health. No retry and no parsing: those are the caller's."""
+        async with self._slots:
+            with self._metrics.judge_in_flight.track_inprogress():
+                return await self._bounded(self.backend.complete(messages, schema, sampling))
+
     async def _complete(
         self, messages: Messages, prototype: Prototype, sampling: Sampling, mode: JudgeMode
     ) -> Completion:
         if mode == "logprob":
-            call = self.backend.score_token(messages, sampling)
-        else:
-            call = self.backend.complete(messages, verdict_schema(prototype), sampling)
+            return await self._bounded(self.backend.score_token(messages, sampling))
+        schema = verdict_schema(prototype)
+        return await self._bounded(self.backend.complete(messages, schema, sampling))
+
+    async def _bounded(self, call: Awaitable[Completion]) -> Completion:
         try:
             # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow the cancellation
             # of a request deadline that lands as the call finishes.
             async with asyncio.timeout(self._timeout):
                 completion = await call
         except TimeoutError as exc:
-            raise JudgeTimeout(f"no verdict within {self._timeout:g}s") from exc
+            raise JudgeTimeout(f"no answer within {self._timeout:g}s") from exc
         except JudgeUnavailable as exc:
             self.health.record_unreachable(str(exc))
             raise

@@ -4,6 +4,7 @@ arm never quietly judges without one."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -116,3 +117,32 @@ async def test_a_ref_arm_without_a_reference_fails_and_asks_no_judge(library: Li
     assert backend.prompts == [] and backend.rubric_prompts == []
     plain = await arms.judge("scribe", item, make_judge(backend), "verdict")
     assert plain.status == "ok"
+
+
+class SilentRubricJudge(RubricWritingJudge):
+    """Writes no rubric: each rubric call hangs until cancelled."""
+
+    async def complete(
+        self, messages: Messages, schema: dict[str, Any], sampling: Sampling
+    ) -> Completion:
+        if "criteria" in schema["properties"]:
+            self.rubric_prompts.append(messages)
+            await asyncio.Event().wait()
+        return await super().complete(messages, schema, sampling)
+
+
+@pytest.mark.anyio
+async def test_a_rubric_call_is_bounded_as_a_verdict_is(library: Library) -> None:
+    """The instance rubric is written within the judge's timeout and in one of its slots."""
+    arms, backend = make_arms(library), SilentRubricJudge()
+    judge = Judge(backend, concurrency=1, timeout=0.2, max_attempts=1, sampling=Sampling())
+    item = step_item(library, None)
+    rar = asyncio.ensure_future(arms.judge("rar", item, judge, "verdict"))
+    await asyncio.sleep(0.05)
+    scribe = asyncio.ensure_future(arms.judge("scribe", item, judge, "verdict"))
+    await asyncio.sleep(0.05)
+    assert backend.prompts == []  # the rubric call holds the judge's one slot
+    outcome = await asyncio.wait_for(rar, 5)
+    assert (outcome.status, outcome.error, outcome.score) == ("failed", "judge_timeout", None)
+    assert (await scribe).status == "ok"
+    assert judge.health.available  # silence within the timeout is no proof the judge is down
