@@ -19,6 +19,7 @@ from rich.markup import escape
 from scribe_service.library_build.errors import BuildError
 
 if TYPE_CHECKING:
+    from scribe_service.library_build.journal import JournaledBackend
     from scribe_service.pipeline.backends.base import JudgeBackend
     from scribe_service.pipeline.embed import Embedder
     from scribe_service.settings import Settings
@@ -55,6 +56,19 @@ async def _load_models(settings: Settings) -> tuple[Embedder, JudgeBackend]:
     return embedder, await asyncio.to_thread(make_judge_backend, settings)
 
 
+async def _journaled(
+    out: Path, embedder: Embedder, backend: JudgeBackend
+) -> tuple[Embedder, JournaledBackend]:
+    """The judge behind the journal of a build writing `out` (journal.py): a killed build
+    rerun with the same inputs reads back every reply it already had."""
+    from scribe_service.library_build.journal import JournaledBackend, journal_path
+
+    journaled = JournaledBackend(backend, journal_path(out))
+    if journaled.resumed:
+        stderr.print(f"resuming: {journaled.resumed} judge replies in {journaled.path}")
+    return embedder, journaled
+
+
 async def _build(args: argparse.Namespace) -> int:
     from scribe_service.library_build.build import BuildOptions, build_library
     from scribe_service.settings import Settings
@@ -72,7 +86,7 @@ async def _build(args: argparse.Namespace) -> int:
     )
     options.check()
     stderr.print("loading the embedder and the judge…")
-    embedder, backend = await _load_models(settings)
+    embedder, backend = await _journaled(options.out, *await _load_models(settings))
     try:
         result = await build_library(
             options,
@@ -85,6 +99,7 @@ async def _build(args: argparse.Namespace) -> int:
         )
     finally:
         await backend.aclose()
+    backend.discard()
     report = result.report
     coverage = report["coverage"]
     stderr.print(
@@ -121,7 +136,7 @@ async def _refresh(args: argparse.Namespace) -> int:
     options.check()
     misses = usable_misses(options.misses)  # an unusable log is refused before any model loads
     stderr.print(f"{len(misses.steps)} usable miss lines; loading the embedder and the judge…")
-    embedder, backend = await _load_models(settings)
+    embedder, backend = await _journaled(options.out, *await _load_models(settings))
     try:
         result = await refresh_library(
             options,
@@ -133,6 +148,7 @@ async def _refresh(args: argparse.Namespace) -> int:
         )
     finally:
         await backend.aclose()
+    backend.discard()
     report = result.report
     coverage = report["coverage"]
     stderr.print(

@@ -16,7 +16,9 @@ from scribe_service.library import load_library
 from scribe_service.library_build.build import BuildOptions, BuildResult, build_library
 from scribe_service.library_build.decompose import data_digest
 from scribe_service.library_build.errors import BuildError
+from scribe_service.library_build.journal import JournaledBackend, journal_path, read_journal
 from scribe_service.library_build.write import MANIFEST, REPORT_JSON, REPORT_MD
+from scribe_service.pipeline.backends.base import Completion, Messages, Sampling
 from support import PROTOTYPES, FakeEmbedder, FakeJudge
 
 pytestmark = pytest.mark.anyio
@@ -187,6 +189,53 @@ async def test_ids_never_collide_with_the_base_or_the_manifest(data: Path, tmp_p
         BuildOptions(data=data, out=tmp_path / "lib", base=PROTOTYPES, merge_threshold=0.99), judge
     )
     assert set(result.built) == {"skill_library", "case_analysis_2"}
+
+
+class Killed(BaseException):
+    """What a SIGKILL is to the build: nothing after it runs (not an Exception to catch)."""
+
+
+class DiesAfter(FakeJudge):
+    def __init__(self, replies: list[str], calls: int) -> None:
+        super().__init__(replies=replies)
+        self.left = calls
+
+    async def complete(
+        self, messages: Messages, schema: dict[str, object], sampling: Sampling
+    ) -> Completion:
+        if self.left == 0:
+            raise Killed
+        self.left -= 1
+        return await super().complete(messages, schema, sampling)
+
+
+async def test_a_killed_build_resumes_where_it_stopped(data: Path, tmp_path: Path) -> None:
+    replies = ["not json", _draft("Figure sketching"), _draft("Unit conversion")]
+
+    async def build(out: Path, judge: FakeJudge) -> JournaledBackend:
+        backend = JournaledBackend(judge, journal_path(out))
+        await build_library(
+            BuildOptions(data=data, out=out, max_attempts=2),
+            backend=backend,
+            embedder=FakeEmbedder(),
+            shipped=PROTOTYPES,
+            min_similarity=0.5,
+        )
+        return backend
+
+    whole = await build(tmp_path / "whole", FakeJudge(replies=list(replies)))
+    assert whole.replayed == 0
+    out = tmp_path / "lib"
+    with pytest.raises(Killed):  # killed during the second cluster, after two replies
+        await build(out, DiesAfter(list(replies), calls=2))
+    assert not out.exists() and len(read_journal(journal_path(out))) == 2
+    rest = FakeJudge(replies=replies[2:])
+    resumed = await build(out, rest)
+    assert (resumed.resumed, resumed.replayed, len(rest.prompts)) == (2, 2, 1)
+    built, reference = load_library(out), load_library(tmp_path / "whole")
+    wanted = {"generic_step", "figure_sketching", "unit_conversion"}
+    assert set(built.prototypes) == set(reference.prototypes) == wanted
+    assert built.version == reference.version
 
 
 @pytest.mark.parametrize(

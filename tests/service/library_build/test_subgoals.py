@@ -16,6 +16,7 @@ from scribe_service.library import load_library
 from scribe_service.library_build import cli as library_cli
 from scribe_service.library_build.build import BuildOptions, build_library
 from scribe_service.library_build.decompose import BuildStep
+from scribe_service.library_build.journal import journal_path
 from scribe_service.library_build.refresh import RefreshOptions, refresh_library
 from scribe_service.library_build.subgoals import (
     SUBGOAL_MAX_TOKENS,
@@ -293,6 +294,7 @@ def test_the_cli_flag_reaches_the_build_and_its_report(
     manifest = tomllib.loads((out / MANIFEST).read_text(encoding="utf-8"))
     assert manifest["parameters"]["llm_subgoals"] is True
     assert "entity_fact_lookup" in load_library(out).prototypes
+    assert not journal_path(out).exists()  # published: nothing left to resume
 
 
 # --- a refresh -------------------------------------------------------------------------------
