@@ -1,6 +1,7 @@
 """SCRIBE against the direct judge on the same judge server (issue 14's `vs_direct_*` figures).
 
-    python bench/vs_direct.py --server llama|vllm [--quick | --size tiny|quick|full] --out FILE.json
+    python bench/vs_direct.py --server llama|vllm [--quick | --size tiny|quick|full]
+        [--warm-up prototypes|one] --out FILE.json
 
 Both arms score the same steps on the same OpenAI-compatible judge server in logprob mode:
 
@@ -21,8 +22,22 @@ server's prefix cache carries work across rounds, and the arms alternate which g
 The two arms' system prompts part within their first sentence, before a first prefix-cache
 block fills, so neither arm warms the server's prefix cache for the other.
 
-vLLM's own prefix-cache counters (`vllm:prefix_cache_hits` / `vllm:prefix_cache_queries`, in
-tokens, from its /metrics) are read around each arm; llama.cpp's server has none. With
+Before the timed rounds both arms send a warm-up, untimed (`--warm-up`). `prototypes` (the
+default) models a service that has been running for a while, as a trainer's reward service has:
+one short request per prototype the timed steps route to, its one step a made-up one whose
+`<subgoal>` the service routes to that prototype (one of its exemplars), so every rubric a timed
+prompt starts with has been through the judge once. Which prototypes those are, a second
+`scribe serve` says (/v1/route), started and stopped before the measured one: the measured
+service's subgoal-embedding cache would otherwise hold the timed steps' vectors. `one` sends a
+single further ProcessBench trajectory instead, which leaves most rubrics cold. No warm-up step
+repeats a timed one (the judgment cache and the prefix cache would hold its work). The
+prototypes the timed steps were routed to and the warm-up did not cover are in the JSON.
+
+vLLM's own counters (from its /metrics) are read around each arm: the prefix cache's
+(`vllm:prefix_cache_hits` / `vllm:prefix_cache_queries`, in tokens), the prompt tokens
+(`vllm:prompt_tokens`) and the calls finished (`vllm:request_success`), so that the prompt tokens
+the server computed (queried less found in the cache) per call show where each arm's time goes;
+llama.cpp's server has none. With
 `--server vllm` the direct prompts' throughput is also measured at 1, 4 and 16 calls in
 flight (disjoint steps at each level): how a vLLM judge's throughput grows with concurrency.
 
@@ -40,6 +55,7 @@ import contextlib
 import itertools
 import json
 import os
+import re
 import sys
 import tempfile
 import time
@@ -76,7 +92,7 @@ from scribe_service.evaluation.arms import (  # noqa: E402
     StepItem,
     load_baseline_templates,
 )
-from scribe_service.library import load_library  # noqa: E402
+from scribe_service.library import Library, load_library  # noqa: E402
 from scribe_service.pipeline.backends.openai import OpenAIJudge  # noqa: E402
 from scribe_service.pipeline.retrieve import Route  # noqa: E402
 from scribe_service.pipeline.segment import segment  # noqa: E402
@@ -87,6 +103,12 @@ PROTOTYPES = ROOT / "prototypes"
 # The direct arm never routes; its StepItems carry this route, which `Arms` ignores for it.
 UNROUTED = Route(prototype=DIRECT, similarity=0.0, fallback=True, nearest=DIRECT)
 SIZING_LEVELS = (1, 4, 16)
+WarmUpMode = Literal["prototypes", "one"]
+WARM_UP_MODES: tuple[WarmUpMode, ...] = ("prototypes", "one")
+# Opens every warm-up request's task, so a judge prompt shows whether it came from the warm-up.
+WARM_UP_TASK = "Warm-up request"
+# A subgoal no exemplar is near, for the fallback prototype (which has no exemplars).
+FALLBACK_SUBGOAL = "Hum a quiet tune about violet teapots while the kettle cools"
 # SmolLM2-135M, the judge these runs can start, is a speed stand-in and no judge: it often puts
 # under 0.1 % of its probability on 0-3 (the direct prompt more often than the service's), and
 # any minimum fails steps on one arm that the other scores, skewing the ratio by the model's
@@ -121,20 +143,52 @@ class Tally:
 
 @dataclass(frozen=True)
 class PrefixCache:
-    """vLLM's prefix-cache counters (prompt tokens looked up, and found cached)."""
+    """vLLM's counters: prompt tokens looked up in the prefix cache and found there, prompt
+    tokens received, and calls finished."""
 
     hits: float
     queries: float
+    prompt_tokens: float = 0.0
+    calls: float = 0.0
 
     def __add__(self, other: PrefixCache) -> PrefixCache:
-        return PrefixCache(self.hits + other.hits, self.queries + other.queries)
+        return PrefixCache(
+            self.hits + other.hits,
+            self.queries + other.queries,
+            self.prompt_tokens + other.prompt_tokens,
+            self.calls + other.calls,
+        )
 
     def __sub__(self, other: PrefixCache) -> PrefixCache:
-        return PrefixCache(self.hits - other.hits, self.queries - other.queries)
+        return PrefixCache(
+            self.hits - other.hits,
+            self.queries - other.queries,
+            self.prompt_tokens - other.prompt_tokens,
+            self.calls - other.calls,
+        )
 
     @property
     def hit_rate(self) -> float | None:
         return self.hits / self.queries if self.queries > 0 else None
+
+    @property
+    def computed(self) -> float:
+        """Prompt tokens the server had to compute: those it looked up and did not find."""
+        return self.queries - self.hits
+
+    def summary(self) -> dict[str, float | None]:
+        def per_call(tokens: float) -> float | None:
+            return round(tokens / self.calls, 1) if self.calls > 0 else None
+
+        return {
+            "calls": self.calls,
+            "prompt_tokens": self.prompt_tokens,
+            "queried_tokens": self.queries,
+            "hit_tokens": self.hits,
+            "computed_tokens": self.computed,
+            "prompt_tokens_per_call": per_call(self.prompt_tokens),
+            "computed_tokens_per_call": per_call(self.computed),
+        }
 
 
 @dataclass(frozen=True)
@@ -148,6 +202,10 @@ class Comparison:
     direct_prefix_cache_hit_rate: float | None
     judgment_cache: dict[str, float]
     cached_steps: int
+    scribe_tokens: PrefixCache | None = None
+    direct_tokens: PrefixCache | None = None
+    prototypes: list[str] = field(default_factory=list)
+    """The prototypes the service routed the timed steps to."""
 
     @property
     def ratio(self) -> float | None:
@@ -166,6 +224,13 @@ class Comparison:
             "direct": {**asdict(self.direct), "steps_per_s": round(self.direct.steps_per_s, 3)},
             "scribe_prefix_cache_hit_rate": _rounded(self.scribe_prefix_cache_hit_rate),
             "direct_prefix_cache_hit_rate": _rounded(self.direct_prefix_cache_hit_rate),
+            "scribe_judge_tokens": None
+            if self.scribe_tokens is None
+            else self.scribe_tokens.summary(),
+            "direct_judge_tokens": None
+            if self.direct_tokens is None
+            else self.direct_tokens.summary(),
+            "prototypes": self.prototypes,
             "judgment_cache": self.judgment_cache,
             "cached_steps": self.cached_steps,
             "rounds": self.rounds,
@@ -265,22 +330,68 @@ def build_workloads(records: Mapping[str, Sequence[Record]], sizes: Sizes) -> Wo
     )
 
 
+def warm_up_candidates(library: Library) -> dict[str, list[str]]:
+    """Per prototype, the subgoals a warm-up step for it may carry: its exemplars (those the
+    service routes back to it), or for the fallback, which has none, one that no exemplar is
+    near."""
+    return {p.id: list(p.exemplars) or [FALLBACK_SUBGOAL] for p in library.prototypes.values()}
+
+
+def warm_up_request(prototype: str, subgoal: str) -> Record:
+    """A one-step request made up for the warm-up, its step under `subgoal`."""
+    task = f"{WARM_UP_TASK} for {prototype}: get the judge ready for this skill."
+    step = f"<subgoal>{subgoal}</subgoal>\nA made-up step that readies the judge for {prototype}."
+    return {"messages": [{"role": "user", "content": task}, {"role": "assistant", "content": step}]}
+
+
+def assistant_texts(payloads: Sequence[Record]) -> set[str]:
+    """Every assistant message's text in `payloads`: what makes a step that step."""
+    return {
+        str(m.get("content") or "")
+        for p in payloads
+        for m in p["messages"]
+        if m["role"] == "assistant"
+    }
+
+
+def check_disjoint(warm_up: Sequence[Record], timed: Sequence[Record]) -> None:
+    """Refuse a warm-up that would send a timed step: the judgment cache would answer it in
+    the timed round, and the prefix cache would hold its tokens."""
+    shared = assistant_texts(warm_up) & assistant_texts(timed) - {""}
+    if shared:
+        raise ValueError(f"{len(shared)} warm-up steps repeat timed steps")
+
+
 # --- the two arms --------------------------------------------------------------------------
+
+
+async def post_all(
+    url: str, payloads: Sequence[Record], path: str = "/v1/score"
+) -> tuple[list[dict[str, Any]], float]:
+    """Every payload sent at once to `scribe serve`'s `path`: the answers, and the wall
+    seconds. A request the service refuses is a broken run, not a failed step."""
+    limits = httpx.Limits(max_connections=len(payloads), max_keepalive_connections=len(payloads))
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=3600) as http:
+        started = time.perf_counter()
+        responses = await asyncio.gather(*(http.post(path, json=p) for p in payloads))
+        wall = time.perf_counter() - started
+    for response in responses:
+        response.raise_for_status()
+    return [r.json() for r in responses], wall
 
 
 async def score_through_service(url: str, payloads: Sequence[Record]) -> tuple[Tally, int]:
     """Every payload sent at once to `scribe serve`: (the tally, steps served from its
-    judgment cache). A request the service refuses is a broken run, not a failed step."""
-    limits = httpx.Limits(max_connections=len(payloads), max_keepalive_connections=len(payloads))
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=3600) as http:
-        started = time.perf_counter()
-        responses = await asyncio.gather(*(http.post("/v1/score", json=p) for p in payloads))
-        wall = time.perf_counter() - started
+    judgment cache)."""
+    answers, wall = await post_all(url, payloads)
+    return tally_answers(answers, wall)
+
+
+def tally_answers(answers: Sequence[dict[str, Any]], wall: float) -> tuple[Tally, int]:
     ok = cached = 0
     errors: Counter[str] = Counter()
-    for response in responses:
-        response.raise_for_status()
-        for step in response.json()["steps"]:
+    for answer in answers:
+        for step in answer["steps"]:
             if step["status"] == "ok":
                 ok += 1
                 cached += bool(step.get("cached"))
@@ -354,21 +465,31 @@ def direct_tally(
 # --- the judge server's prefix cache ---------------------------------------------------------
 
 
+# vLLM's counter names (without `_total`), and the PrefixCache field each is summed into.
+COUNTERS = {
+    "vllm:prefix_cache_hits": "hits",
+    "vllm:prefix_cache_queries": "queries",
+    "vllm:prompt_tokens": "prompt_tokens",
+    "vllm:request_success": "calls",
+}
+
+
 def prefix_cache_counters(metrics_text: str) -> PrefixCache | None:
-    """vLLM's prefix-cache hits and queries (summed over label sets) from a /metrics page;
-    None when the page has neither (llama.cpp) or is no Prometheus text (the stand-in)."""
-    sums = {"hits": 0.0, "queries": 0.0}
+    """vLLM's prefix-cache hits and queries, prompt tokens and calls finished (each summed over
+    its label sets) from a /metrics page; None when the page has no prefix-cache counters
+    (llama.cpp) or is no Prometheus text (the stand-in)."""
+    sums = dict.fromkeys(COUNTERS.values(), 0.0)
     found = False
     try:
         samples = [s for f in text_string_to_metric_families(metrics_text) for s in f.samples]
     except ValueError:
         return None
     for sample in samples:
-        metric = sample.name.removeprefix("vllm:prefix_cache_").removesuffix("_total")
-        if sample.name.startswith("vllm:prefix_cache_") and metric in sums:
-            sums[metric] += sample.value
-            found = True
-    return PrefixCache(sums["hits"], sums["queries"]) if found else None
+        name = COUNTERS.get(sample.name.removesuffix("_total"))
+        if name is not None:
+            sums[name] += sample.value
+            found = found or name in ("hits", "queries")
+    return PrefixCache(**sums) if found else None
 
 
 def read_prefix_cache(judge_url: str) -> PrefixCache | None:
@@ -394,13 +515,18 @@ def _timed_arm(
     payloads: Sequence[Record],
     concurrency: int,
     settings: Settings,
-) -> tuple[Tally, int, PrefixCache | None, PrefixCache | None]:
+) -> tuple[Tally, int, PrefixCache | None, PrefixCache | None, set[str]]:
+    """One arm on one round: its tally, steps its judgment cache answered, the judge server's
+    counters before and after, and the prototypes the service routed the steps to."""
     before = read_prefix_cache(judge_url)
+    prototypes: set[str] = set()
     if arm == "scribe":
-        tally, cached = asyncio.run(score_through_service(service_url, payloads))
+        answers, wall = asyncio.run(post_all(service_url, payloads))
+        tally, cached = tally_answers(answers, wall)
+        prototypes = {step["prototype_id"] for a in answers for step in a["steps"]}
     else:
         tally, cached = direct_tally(judge_url, concurrency, step_items(payloads), settings), 0
-    return tally, cached, before, read_prefix_cache(judge_url)
+    return tally, cached, before, read_prefix_cache(judge_url), prototypes
 
 
 def compare_rounds(
@@ -418,14 +544,16 @@ def compare_rounds(
     }
     cached_steps = 0
     detail = []
+    routed: set[str] = set()
     judgment_before = scrape(service_url)
     for number, payloads in enumerate(rounds):
         order: tuple[Arm, Arm] = ("scribe", "direct") if number % 2 == 0 else ("direct", "scribe")
         this: dict[str, Any] = {"first": order[0], "requests": len(payloads)}
         for arm in order:
-            tally, cached, before, after = _timed_arm(
+            tally, cached, before, after, prototypes = _timed_arm(
                 arm, judge_url, service_url, payloads, concurrency, settings
             )
+            routed |= prototypes
             totals[arm] += tally
             cached_steps += cached
             seen = caches[arm]
@@ -448,7 +576,69 @@ def compare_rounds(
         None if caches["direct"] is None else caches["direct"].hit_rate,
         judgment,
         cached_steps,
+        caches["scribe"],
+        caches["direct"],
+        sorted(routed),
     )
+
+
+@dataclass(frozen=True)
+class WarmUp:
+    """What went through both arms before the timed rounds: `covered`, the prototypes the
+    service routed its steps to, against `needed`, those the timed steps route to (as a
+    separate service routed them beforehand, or as the measured one did in the rounds)."""
+
+    mode: str
+    requests: int = 0
+    steps: int = 0
+    needed: list[str] = field(default_factory=list)
+    covered: list[str] = field(default_factory=list)
+    wall_s: float = 0.0
+
+    def summary(self) -> dict[str, Any]:
+        return {**asdict(self), "uncovered": sorted(set(self.needed) - set(self.covered))}
+
+
+def routed_prototypes(service_url: str, payloads: Sequence[Record]) -> list[str]:
+    """The prototypes the service at `service_url` routes `payloads`' steps to."""
+    routes, _ = asyncio.run(post_all(service_url, payloads, "/v1/route"))
+    return sorted({step["prototype_id"] for r in routes for step in r["steps"]})
+
+
+def prototype_warm_up(service_url: str, candidates: Mapping[str, Sequence[str]]) -> list[Record]:
+    """One request per prototype of `candidates`, its one step under the first of the
+    prototype's candidate subgoals that the service routes to it (none for a prototype that
+    no candidate reaches). Tries each prototype's next candidate only where the last missed."""
+    chosen: dict[str, Record] = {}
+    for attempt in range(max(map(len, candidates.values()), default=0)):
+        tried = [
+            (p, s[attempt]) for p, s in candidates.items() if p not in chosen and attempt < len(s)
+        ]
+        if not tried:
+            break
+        trials = [warm_up_request(p, s) for p, s in tried]
+        answers, _ = asyncio.run(post_all(service_url, trials, "/v1/route"))
+        for (wanted, _), request, answer in zip(tried, trials, answers, strict=True):
+            if answer["steps"][0]["prototype_id"] == wanted:
+                chosen[wanted] = request
+    return list(chosen.values())
+
+
+def warm_both_arms(
+    judge_url: str,
+    service_url: str,
+    payloads: Sequence[Record],
+    concurrency: int,
+    settings: Settings,
+) -> tuple[int, set[str], float]:
+    """`payloads` through the service, then the direct arm, untimed: (steps, the prototypes the
+    service routed them to, wall seconds for both)."""
+    started = time.perf_counter()
+    answers, _ = asyncio.run(post_all(service_url, payloads))
+    items = step_items(payloads)
+    direct_tally(judge_url, concurrency, items, settings)
+    routed = {step["prototype_id"] for a in answers for step in a["steps"]}
+    return len(items), routed, time.perf_counter() - started
 
 
 def vs_direct(
@@ -456,12 +646,14 @@ def vs_direct(
     rounds: Mapping[str, Sequence[Sequence[Record]]],
     concurrency: int,
     log_dir: Path,
-    warm_up: Sequence[Record] = (),
+    warm_up: Sequence[Record] | Literal["prototypes"] = (),
     min_score_mass: float | None = None,
-) -> dict[str, Comparison]:
+) -> tuple[dict[str, Comparison], WarmUp]:
     """SCRIBE against the direct judge on the judge server at `judge_url` (its `/v1`), for each
-    named workload's rounds, `concurrency` judge calls in flight on either side; `warm_up`
-    requests go through both arms first, untimed. Starts and stops `scribe serve`.
+    named workload's rounds, `concurrency` judge calls in flight on either side. Starts and
+    stops `scribe serve`. Before the rounds, untimed, both arms send `warm_up`: these
+    requests, or with "prototypes" one request per prototype the timed steps route to
+    (`prototype_warm_up`); what they covered is the WarmUp.
     `min_score_mass` (both arms; None: the service's default) is for a judge too small to put
     much probability on the digits, whose steps would otherwise all fail."""
     env = {"SCRIBE_JUDGE_CONCURRENCY": str(concurrency), "SCRIBE_JUDGE_MODE": "logprob"}
@@ -470,14 +662,37 @@ def vs_direct(
         env["SCRIBE_JUDGE_MIN_SCORE_MASS"] = str(min_score_mass)
         overrides["judge_min_score_mass"] = min_score_mass
     settings = judge_settings(**overrides)
+    timed = [p for workload in rounds.values() for r in workload for p in r]
+    needed: list[str] = []
+    if warm_up == "prototypes":
+        candidates = warm_up_candidates(load_library(PROTOTYPES))
+        with scribe_serve(judge_url, log_dir / "route.log", extra_env=env) as router:
+            needed = routed_prototypes(router.url, timed)
+            payloads = prototype_warm_up(router.url, {p: candidates[p] for p in needed})
+    else:
+        payloads = list(warm_up)
+    check_disjoint(payloads, timed)
     with scribe_serve(judge_url, log_dir / "serve.log", extra_env=env) as service:
-        if warm_up:
-            asyncio.run(score_through_service(service.url, warm_up))
-            direct_tally(judge_url, concurrency, step_items(warm_up), settings)
-        return {
+        steps, covered, wall = (
+            warm_both_arms(judge_url, service.url, payloads, concurrency, settings)
+            if payloads
+            else (0, set(), 0.0)
+        )
+        results = {
             name: compare_rounds(judge_url, service.url, workload, concurrency, settings)
             for name, workload in rounds.items()
         }
+    if warm_up != "prototypes":
+        needed = sorted({p for c in results.values() for p in c.prototypes})
+    report = WarmUp(
+        "prototypes" if warm_up == "prototypes" else f"{len(payloads)} given requests",
+        len(payloads),
+        steps,
+        needed,
+        sorted(covered),
+        round(wall, 1),
+    )
+    return results, report
 
 
 def judge_settings(**overrides: Any) -> Settings:
@@ -542,11 +757,13 @@ def measure(
     size: str,
     concurrency: int | None = None,
     llama_threads: int | None = None,
+    warm_up: WarmUpMode = "prototypes",
 ) -> dict[str, Any]:
     """Start SmolLM2 on `server`, run both arms on both workloads (and, on vLLM, the
     concurrency sizing); the issue's three keys, then `concurrency_sizing` and `context`.
     `concurrency` None: 8 calls in flight on vLLM, 1 on llama.cpp (its server has one slot).
-    `llama_threads`: llama.cpp's --n_threads (None: tests/support.py's, one per CPU)."""
+    `llama_threads`: llama.cpp's --n_threads (None: tests/support.py's, one per CPU).
+    `warm_up`: see the module's docstring."""
     concurrency = concurrency or (8 if server == "vllm" else 1)
     workloads = build_workloads(records, SIZES[size])
     started, load_at_start = time.time(), os.getloadavg()
@@ -554,12 +771,12 @@ def measure(
         log_dir = Path(tmp)
         with judge_server(server, log_dir / "judge.log", llama_threads) as judge_url:
             ready_s = round(time.time() - started, 1)
-            results = vs_direct(
+            results, warmed = vs_direct(
                 judge_url,
                 workloads.rounds,
                 concurrency,
                 log_dir,
-                workloads.warm_up,
+                "prototypes" if warm_up == "prototypes" else workloads.warm_up,
                 min_score_mass=SMOLLM2_MIN_SCORE_MASS,
             )
             settings = judge_settings(judge_min_score_mass=SMOLLM2_MIN_SCORE_MASS)
@@ -568,6 +785,7 @@ def measure(
                 if server == "vllm"
                 else None
             )
+            kv_cache_tokens = kv_cache_size(log_dir / "judge.log")
     grpo, distinct = results["grpo"], results["distinct"]
     return {
         "vs_direct_distinct": _rounded(distinct.ratio),
@@ -577,6 +795,9 @@ def measure(
         "context": {
             "judge": f"SmolLM2-135M-Instruct on {server}, logprob mode",
             "concurrency": concurrency,
+            "warm_up": {"option": warm_up, **warmed.summary()},
+            # The judge server's KV cache: rubrics that do not fit stay cold however warmed.
+            "kv_cache_tokens": kv_cache_tokens,
             "grpo": grpo.summary(),
             "distinct": distinct.summary(),
             "judge_ready_s": ready_s,
@@ -593,12 +814,26 @@ def measure(
     }
 
 
+def kv_cache_size(log: Path) -> int | None:
+    """The KV cache's size in tokens that vLLM logs at start; None for another server."""
+    text = log.read_text(errors="replace") if log.is_file() else ""
+    found = re.search(r"KV cache size: ([\d,]+) tokens", text)
+    return int(found.group(1).replace(",", "")) if found else None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--server", choices=("llama", "vllm"), required=True)
     parser.add_argument("--size", choices=sorted(SIZES), default="full", help="see SIZES")
     parser.add_argument("--quick", action="store_true", help="--size quick")
     parser.add_argument("--llama-threads", type=int, help="llama.cpp's --n_threads")
+    parser.add_argument(
+        "--warm-up",
+        choices=WARM_UP_MODES,
+        default="prototypes",
+        help="untimed before the rounds: one request per prototype the timed steps route to, "
+        "or one further ProcessBench trajectory",
+    )
     parser.add_argument("--out", type=Path, required=True, help="the JSON file to write")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the dev JSONL folder")
     parser.add_argument(
@@ -613,6 +848,7 @@ def main() -> None:
             "quick" if args.quick else args.size,
             args.concurrency,
             args.llama_threads,
+            args.warm_up,
         ),
     }
     document["context"]["command"] = " ".join(["python bench/vs_direct.py", *sys.argv[1:]])
