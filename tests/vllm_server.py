@@ -43,7 +43,6 @@ tokenizer.save_pretrained(out)
 
 ENV = {
     "HF_HUB_OFFLINE": "1",
-    "VLLM_CPU_KVCACHE_SPACE": "1",
     "VLLM_NO_USAGE_STATS": "1",
     "DO_NOT_TRACK": "1",
     "OMP_NUM_THREADS": "2",
@@ -86,12 +85,14 @@ def command(python: Path, model: Path, port: int) -> list[str]:
 
 
 @contextlib.contextmanager
-def vllm_server(log: Path, timeout: float = 300) -> Iterator[str]:
-    """Build what is missing, start vLLM, yield its `/v1` base URL; stop it by PID after."""
+def vllm_server(log: Path, timeout: float = 300, kv_cache_gib: int = 1) -> Iterator[str]:
+    """Build what is missing, start vLLM, yield its `/v1` base URL; stop it by PID after.
+    `kv_cache_gib`: its KV cache (VLLM_CPU_KVCACHE_SPACE); 1 GiB holds about 23k tokens."""
     python = ensure_venv(RECIPES["vllm"])
     model = ensure_model(python)
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("SCRIBE_")} | ENV
+    env["VLLM_CPU_KVCACHE_SPACE"] = str(kv_cache_gib)
     started = time.monotonic()
     with log.open("wb") as sink:
         process = subprocess.Popen(
