@@ -135,6 +135,8 @@ class Judge:
         """The mode used when a request does not choose one."""
         self.min_score_mass = min_score_mass
         self._metrics = metrics or Metrics()
+        self.concurrency = concurrency
+        """Calls in flight at most, this judge and its `with_sampling` twins together."""
         self._slots = asyncio.Semaphore(concurrency)
         self._timeout = timeout
         self._max_attempts = max_attempts
@@ -160,9 +162,9 @@ class Judge:
     ) -> Verdict:
         outcome = "ok"
         try:
-            async with self._slots:
-                with self._metrics.judge_in_flight.track_inprogress():
-                    completion = await self._complete(messages, prototype, sampling, mode)
+            completion = await self._slotted(
+                lambda: self._request(messages, prototype, sampling, mode)
+            )
             if completion.output_tokens is not None:
                 self._metrics.judge_output_tokens.labels(mode).inc(completion.output_tokens)
             if mode == "logprob":
@@ -182,32 +184,32 @@ class Judge:
         """One structured call outside the verdict protocol (an instance rubric), bounded as
         a verdict's call is: in one of this judge's slots, within its timeout, its answer or
         silence recorded in its health. No retry and no parsing: those are the caller's."""
+        return await self._slotted(lambda: self.backend.complete(messages, schema, sampling))
+
+    def _request(
+        self, messages: Messages, prototype: Prototype, sampling: Sampling, mode: JudgeMode
+    ) -> Awaitable[Completion]:
+        if mode == "logprob":
+            return self.backend.score_token(messages, sampling)
+        return self.backend.complete(messages, verdict_schema(prototype), sampling)
+
+    async def _slotted(self, request: Callable[[], Awaitable[Completion]]) -> Completion:
+        """`request()` in one of the slots, within the timeout, its outcome told to health."""
         async with self._slots:
             with self._metrics.judge_in_flight.track_inprogress():
-                return await self._bounded(self.backend.complete(messages, schema, sampling))
-
-    async def _complete(
-        self, messages: Messages, prototype: Prototype, sampling: Sampling, mode: JudgeMode
-    ) -> Completion:
-        if mode == "logprob":
-            return await self._bounded(self.backend.score_token(messages, sampling))
-        schema = verdict_schema(prototype)
-        return await self._bounded(self.backend.complete(messages, schema, sampling))
-
-    async def _bounded(self, call: Awaitable[Completion]) -> Completion:
-        try:
-            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow the cancellation
-            # of a request deadline that lands as the call finishes.
-            async with asyncio.timeout(self._timeout):
-                completion = await call
-        except TimeoutError as exc:
-            raise JudgeTimeout(f"no answer within {self._timeout:g}s") from exc
-        except JudgeUnavailable as exc:
-            self.health.record_unreachable(str(exc))
-            raise
-        except JudgeError:
-            self.health.record_answer()  # a bad answer is still an answer: the judge is there
-            raise
+                try:
+                    # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow the
+                    # cancellation of a request deadline that lands as the call finishes.
+                    async with asyncio.timeout(self._timeout):
+                        completion = await request()
+                except TimeoutError as exc:
+                    raise JudgeTimeout(f"no answer within {self._timeout:g}s") from exc
+                except JudgeUnavailable as exc:
+                    self.health.record_unreachable(str(exc))
+                    raise
+                except JudgeError:
+                    self.health.record_answer()  # a bad answer is still an answer: it is there
+                    raise
         self.health.record_answer()
         return completion
 
