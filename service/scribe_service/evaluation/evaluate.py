@@ -34,7 +34,6 @@ from scribe_service.evaluation.runner import (
     Job,
     JudgmentLog,
     check_setup,
-    concurrency,
     consistency_jobs,
     judge_setup,
     labels_jobs,
@@ -183,7 +182,7 @@ async def evaluate(
         check_setup(options.out / "run.json", setup)
         arms = Arms.for_run(options.out, pipeline.library, templates, settings, service=service)
         workers = options.concurrency or (
-            settings.judge_concurrency if judge is None else concurrency(judge, settings)
+            settings.judge_concurrency if judge is None else judge.concurrency
         )
         made = await run_jobs(
             jobs,

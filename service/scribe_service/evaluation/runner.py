@@ -35,7 +35,7 @@ from rich.text import Text
 
 from scribe_service.evaluation.arms import ArmName, Arms, Outcome, StepItem
 from scribe_service.evaluation.records import Record
-from scribe_service.pipeline.judge import EmbeddedJudge, Judge, JudgeMode, Sampling
+from scribe_service.pipeline.judge import Judge, JudgeMode, Sampling
 from scribe_service.pipeline.run import Pipeline
 from scribe_service.pipeline.segment import segment
 from scribe_service.settings import Settings
@@ -205,10 +205,6 @@ async def route_records(pipeline: Pipeline, records: Sequence[Record]) -> list[l
             ]
         )
     return items
-
-
-def concurrency(judge: Judge, settings: Settings) -> int:
-    return 1 if isinstance(judge.backend, EmbeddedJudge) else settings.judge_concurrency
 
 
 # --- running -------------------------------------------------------------------------------
