@@ -56,17 +56,15 @@ async def _load_models(settings: Settings) -> tuple[Embedder, JudgeBackend]:
     return embedder, await asyncio.to_thread(make_judge_backend, settings)
 
 
-async def _journaled(
-    out: Path, embedder: Embedder, backend: JudgeBackend
-) -> tuple[Embedder, JournaledBackend]:
-    """The judge behind the journal of a build writing `out` (journal.py): a killed build
+def _journaled(out: Path, backend: JudgeBackend) -> JournaledBackend:
+    """`backend` behind the journal of a build writing `out` (journal.py): a killed build
     rerun with the same inputs reads back every reply it already had."""
     from scribe_service.library_build.journal import JournaledBackend, journal_path
 
     journaled = JournaledBackend(backend, journal_path(out))
     if journaled.resumed:
         stderr.print(f"resuming: {journaled.resumed} judge replies in {journaled.path}")
-    return embedder, journaled
+    return journaled
 
 
 async def _build(args: argparse.Namespace) -> int:
@@ -86,7 +84,8 @@ async def _build(args: argparse.Namespace) -> int:
     )
     options.check()
     stderr.print("loading the embedder and the judge…")
-    embedder, backend = await _journaled(options.out, *await _load_models(settings))
+    embedder, judge = await _load_models(settings)
+    backend = _journaled(options.out, judge)
     try:
         result = await build_library(
             options,
@@ -136,7 +135,8 @@ async def _refresh(args: argparse.Namespace) -> int:
     options.check()
     misses = usable_misses(options.misses)  # an unusable log is refused before any model loads
     stderr.print(f"{len(misses.steps)} usable miss lines; loading the embedder and the judge…")
-    embedder, backend = await _journaled(options.out, *await _load_models(settings))
+    embedder, judge = await _load_models(settings)
+    backend = _journaled(options.out, judge)
     try:
         result = await refresh_library(
             options,
