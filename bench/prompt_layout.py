@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import os
 import shutil
 import sys
@@ -53,7 +52,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from suite import DEFAULT_DATA, Record, read_records, scribe_serve  # noqa: E402
+from suite import (  # noqa: E402
+    DEFAULT_DATA,
+    Record,
+    machine_context,
+    read_records,
+    scribe_serve,
+    write_document,
+)
 from vs_direct import (  # noqa: E402
     SIZES,
     SMOLLM2_MIN_SCORE_MASS,
@@ -298,11 +304,7 @@ def measure(
             "llama_threads": llama_threads,
             "max_context_chars": max_context_chars,
             "judge_ready_s": ready_s,
-            "seconds": round(time.time() - started, 1),
-            "cpus": os.cpu_count(),
-            # Other work on the machine slows both layouts; this says how much there was.
-            "load_average_at_start": [round(x, 2) for x in load_at_start],
-            "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
+            **machine_context(started, load_at_start),
         },
     }
 
@@ -327,9 +329,7 @@ def main() -> None:
         args.llama_threads,
         args.max_context_chars,
     )
-    document["context"]["command"] = " ".join(["python bench/prompt_layout.py", *sys.argv[1:]])
-    args.out.write_text(json.dumps(document, indent=2) + "\n")
-    print(json.dumps(document, indent=2))
+    write_document(document, "python bench/prompt_layout.py", args.out)
 
 
 if __name__ == "__main__":

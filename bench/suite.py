@@ -302,6 +302,25 @@ def sequential_ms(url: str, payloads: Sequence[Record]) -> list[float]:
     return times
 
 
+def machine_context(started: float, load_at_start: Sequence[float]) -> dict[str, Any]:
+    """How long a run took and how busy the machine was around it: other work inflates every
+    wall time a bench reports, and this says how much there was."""
+    return {
+        "seconds": round(time.time() - started, 1),
+        "cpus": os.cpu_count(),
+        "load_average_at_start": [round(x, 2) for x in load_at_start],
+        "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def write_document(document: dict[str, Any], command: str, out: Path) -> None:
+    """A bench script's result: its command line into the context, then to `out` and stdout."""
+    document["context"]["command"] = " ".join([command, *sys.argv[1:]])
+    text = json.dumps(document, indent=2)
+    out.write_text(text + "\n")
+    print(text)
+
+
 def scrape(url: str) -> dict[str, float]:
     """The service's judgment-cache counters and stage-time sums and counts, from /metrics,
     keyed `judgment_cache.<result>`, `stage_s.<stage>` and `stage_n.<stage>`."""
@@ -578,11 +597,7 @@ def main() -> None:
         "quick": args.quick,
         "command": " ".join(["scripts/bench", *sys.argv[1:]]),
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
-        "seconds": round(time.time() - started, 1),
-        "cpus": os.cpu_count(),
-        # Other work on the machine inflates every wall time here; this says how much there was.
-        "load_average_at_start": [round(x, 2) for x in load_at_start],
-        "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
+        **machine_context(started, load_at_start),
     }
     fast = {key: embedding[key] for key in ("embed_speedup", "routing_agreement")}
     if args.judge_servers:

@@ -53,7 +53,6 @@ import argparse
 import asyncio
 import contextlib
 import itertools
-import json
 import os
 import re
 import sys
@@ -78,9 +77,11 @@ from suite import (  # noqa: E402
     Record,
     assistant_positions,
     grpo_groups,
+    machine_context,
     read_records,
     scrape,
     scribe_serve,
+    write_document,
 )
 
 from scribe_client.protocol import ScoreRequest  # noqa: E402
@@ -809,11 +810,7 @@ def measure(
             "sizes": asdict(SIZES[size]),
             "min_score_mass": SMOLLM2_MIN_SCORE_MASS,
             "llama_threads": llama_threads,
-            "seconds": round(time.time() - started, 1),
-            "cpus": os.cpu_count(),
-            # Other work on the machine slows both arms; this says how much there was.
-            "load_average_at_start": [round(x, 2) for x in load_at_start],
-            "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
+            **machine_context(started, load_at_start),
         },
     }
 
@@ -859,9 +856,7 @@ def main() -> None:
             args.kv_cache_gib,
         ),
     }
-    document["context"]["command"] = " ".join(["python bench/vs_direct.py", *sys.argv[1:]])
-    args.out.write_text(json.dumps(document, indent=2) + "\n")
-    print(json.dumps(document, indent=2))
+    write_document(document, "python bench/vs_direct.py", args.out)
 
 
 if __name__ == "__main__":
