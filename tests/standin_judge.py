@@ -41,12 +41,18 @@ def reply(payload: dict[str, Any]) -> dict[str, Any]:
 
 class StandInJudge:
     """The ASGI app; `delay` and `calls` are what /control sets and /calls reads. A chat call
-    whose body holds `refuse` is answered 400 (and counted), for a test's failed step."""
+    whose body holds `refuse` is answered 400 (and counted), for a test's failed step; one
+    whose body holds `hold`'s bytes waits `hold`'s seconds first. `chats` keeps every chat
+    call's messages in the order the calls arrived."""
 
-    def __init__(self, refuse: bytes | None = None) -> None:
+    def __init__(
+        self, refuse: bytes | None = None, hold: tuple[bytes, float] | None = None
+    ) -> None:
         self.delay = 0.0
         self.calls = 0
+        self.chats: list[list[dict[str, str]]] = []
         self._refuse = refuse
+        self._hold = hold
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
@@ -70,13 +76,18 @@ class StandInJudge:
         elif scope["method"] == "GET":
             answer = {"data": [{"id": "stand-in", "owned_by": "scribe-tests"}]}
         else:
+            payload = json.loads(body)
+            if scope["path"].endswith("/chat/completions"):
+                self.chats.append(payload["messages"])
+            if self._hold is not None and self._hold[0] in body:
+                await asyncio.sleep(self._hold[1])
             if self.delay:
                 await asyncio.sleep(self.delay)
             self.calls += 1
             if self._refuse is not None and self._refuse in body:
                 status, answer = 400, {"error": {"message": "refused by the test"}}
             else:
-                answer = reply(json.loads(body))
+                answer = reply(payload)
         data = json.dumps(answer).encode()
         headers = [
             (b"content-type", b"application/json"),

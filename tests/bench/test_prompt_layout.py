@@ -92,34 +92,14 @@ def test_prompt_tokens_sums_vllms_counter_and_is_none_without_it() -> None:
 # --- the command's plumbing, on a stand-in judge ------------------------------------------------
 
 
-class RecordingJudge(StandInJudge):
-    """The stand-in judge, keeping each chat call's user prompt in the order they came."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.user_prompts: list[str] = []
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or not scope["path"].endswith("/chat/completions"):
-            return await super().__call__(scope, receive, send)
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
-        messages = json.loads(body)["messages"]
-        self.user_prompts.append(next(m["content"] for m in messages if m["role"] == "user"))
-
-        async def replay() -> dict[str, Any]:
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        await super().__call__(scope, replay, send)
+def user_prompts(judge: StandInJudge) -> list[str]:
+    """Each chat call's user prompt, in the order the calls came."""
+    return [next(m["content"] for m in chat if m["role"] == "user") for chat in judge.chats]
 
 
 @pytest.fixture(scope="module")
-def measured() -> Iterator[tuple[dict[str, Any], RecordingJudge, dict[str, Any]]]:
-    judge = RecordingJudge()
+def measured() -> Iterator[tuple[dict[str, Any], StandInJudge, dict[str, Any]]]:
+    judge = StandInJudge()
     # Requests, as the service takes them: the fixtures' other fields are the corpus's.
     math = [{"messages": r["messages"]} for r in fixture_records("processbench")]
     rounds = {
@@ -138,7 +118,7 @@ def _calls(run: dict[str, Any]) -> int:
 
 @pytest.mark.real
 def test_each_service_sent_its_own_layout_in_the_order_the_json_reports(
-    measured: tuple[dict[str, Any], RecordingJudge, dict[str, Any]],
+    measured: tuple[dict[str, Any], StandInJudge, dict[str, Any]],
 ) -> None:
     result, judge, _ = measured
     # The arms run one after the other: the calls split, in order, by the JSON's own counts.
@@ -147,8 +127,8 @@ def test_each_service_sent_its_own_layout_in_the_order_the_json_reports(
         for this in workload["rounds"]:
             order = [this["first"], *(x for x in prompt_layout.LAYOUTS if x != this["first"])]
             expected += [(layout, _calls(this[layout])) for layout in order]
-    assert sum(n for _, n in expected) == len(judge.user_prompts)
-    prompts = iter(judge.user_prompts)
+    assert sum(n for _, n in expected) == len(user_prompts(judge))
+    prompts = iter(user_prompts(judge))
     for layout, calls in expected:
         assert calls > 0
         for _ in range(calls):
@@ -160,7 +140,7 @@ def test_each_service_sent_its_own_layout_in_the_order_the_json_reports(
 
 @pytest.mark.real
 def test_the_json_has_both_layouts_numbers_for_every_workload(
-    measured: tuple[dict[str, Any], RecordingJudge, dict[str, Any]],
+    measured: tuple[dict[str, Any], StandInJudge, dict[str, Any]],
 ) -> None:
     result, _, rounds = measured
     json.dumps(result)

@@ -1,13 +1,11 @@
 """bench/vs_direct.py, SCRIBE against the direct judge: both arms, with a real `scribe serve`,
-against a stand-in judge (tests/standin_judge.py's answers, served here so that it can count
-calls and refuse the prompts of one marked step, behind a recorder that keeps every prompt and
-slows the warm-up's), and the pure parts. The runs on llama.cpp and vLLM take many minutes and
-are run by hand (`python bench/vs_direct.py --server ...`)."""
+against a stand-in judge (tests/standin_judge.py, served here so that it can count calls, keep
+every prompt, refuse the prompts of one marked step and hold the warm-up's), and the pure
+parts. The runs on llama.cpp and vLLM take many minutes and are run by hand
+(`python bench/vs_direct.py --server ...`)."""
 
 from __future__ import annotations
 
-import asyncio
-import json
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -42,51 +40,30 @@ def _marked() -> list[dict[str, Any]]:
     return [first, second]
 
 
-class Recorder:
-    """The stand-in judge behind a recorder: every chat call's messages, in the order they
-    came, and WARM_UP_DELAY before answering a warm-up call."""
-
-    def __init__(self, judge: StandInJudge) -> None:
-        self.judge = judge
-        self.prompts: list[str] = []
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or not scope["path"].endswith("/chat/completions"):
-            await self.judge(scope, receive, send)
-            return
-        body, more = b"", True
-        while more:
-            message = await receive()
-            body += message.get("body", b"")
-            more = message.get("more_body", False)
-        prompt = "\n".join(m["content"] for m in json.loads(body)["messages"])
-        self.prompts.append(prompt)
-        if vs_direct.WARM_UP_TASK in prompt:
-            await asyncio.sleep(WARM_UP_DELAY)
-
-        async def replay() -> dict[str, Any]:
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        await self.judge(scope, replay, send)
+def prompts(judge: StandInJudge) -> list[str]:
+    """Every chat call's messages as one text, in the order the calls came."""
+    return ["\n".join(m["content"] for m in chat) for chat in judge.chats]
 
 
-Measured = tuple[dict[str, Any], StandInJudge, dict[str, list[Any]], Any, Recorder]
+Measured = tuple[dict[str, Any], StandInJudge, dict[str, list[Any]], Any]
 
 
 @pytest.fixture(scope="module")
 def measured() -> Iterator[Measured]:
-    judge = StandInJudge(refuse=MARKER.encode())
-    recorder = Recorder(judge)
+    # Warm-up calls are held WARM_UP_DELAY each, so a timed round that waited on one shows.
+    judge = StandInJudge(
+        refuse=MARKER.encode(), hold=(vs_direct.WARM_UP_TASK.encode(), WARM_UP_DELAY)
+    )
     group = vs_direct.grpo_groups(fixture_records("hotpot"), 1)[0]
     rounds = {"grpo": [group], "marked": [_marked()]}
-    with uvicorn_in_thread(recorder) as url, tempfile.TemporaryDirectory() as tmp:
+    with uvicorn_in_thread(judge) as url, tempfile.TemporaryDirectory() as tmp:
         results, warm = vs_direct.vs_direct(f"{url}/v1", rounds, 4, Path(tmp), "prototypes")
-    yield results, judge, rounds, warm, recorder
+    yield results, judge, rounds, warm
 
 
 @pytest.mark.real
 def test_both_arms_judge_every_step_and_the_judge_saw_each_call(measured: Measured) -> None:
-    results, judge, rounds, warm, _ = measured
+    results, judge, rounds, warm = measured
     grpo, marked = results["grpo"], results["marked"]
     steps = _steps(rounds["grpo"][0])
     assert (grpo.scribe.ok, grpo.scribe.failed) == (steps, 0)
@@ -110,7 +87,7 @@ def test_both_arms_judge_every_step_and_the_judge_saw_each_call(measured: Measur
 def test_a_step_the_judge_refuses_is_counted_failed_on_both_sides_not_scored(
     measured: Measured,
 ) -> None:
-    results, _, rounds, _, _ = measured
+    results, _, rounds, _ = measured
     marked = results["marked"]
     steps = _steps(rounds["marked"][0])
     assert (marked.scribe.ok, marked.scribe.failed) == (steps - 1, 1)
@@ -121,7 +98,7 @@ def test_a_step_the_judge_refuses_is_counted_failed_on_both_sides_not_scored(
 
 @pytest.mark.real
 def test_the_warm_up_covers_every_prototype_the_timed_steps_route_to(measured: Measured) -> None:
-    results, _, _, warm, _ = measured
+    results, _, _, warm = measured
     timed = set(results["grpo"].prototypes) | set(results["marked"].prototypes)
     assert len(timed) > 2
     # Routed beforehand by another service, as the measured one routed them in the rounds.
@@ -136,9 +113,9 @@ def test_the_warm_up_covers_every_prototype_the_timed_steps_route_to(measured: M
 def test_the_warm_up_sends_no_timed_step_and_comes_before_the_timed_calls(
     measured: Measured,
 ) -> None:
-    _, _, rounds, warm, recorder = measured
+    _, judge, rounds, warm = measured
     warming = 2 * warm.steps
-    first, rest = recorder.prompts[:warming], recorder.prompts[warming:]
+    first, rest = prompts(judge)[:warming], prompts(judge)[warming:]
     assert all(vs_direct.WARM_UP_TASK in p for p in first)
     assert not any(vs_direct.WARM_UP_TASK in p for p in rest)
     timed = [r for workload in rounds.values() for r in workload[0]]
@@ -150,7 +127,7 @@ def test_the_warm_up_sends_no_timed_step_and_comes_before_the_timed_calls(
 
 @pytest.mark.real
 def test_the_warm_up_is_untimed(measured: Measured) -> None:
-    results, _, _, warm, _ = measured
+    results, _, _, warm = measured
     # Its calls were held WARM_UP_DELAY each; no timed arm waited that long.
     assert warm.wall_s >= WARM_UP_DELAY
     for comparison in results.values():
