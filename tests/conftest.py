@@ -18,8 +18,8 @@ from scribe_service.library import Library, load_library
 from scribe_service.settings import Settings
 from support import (
     CORPORA,
+    EXPORT_DIR,
     PROTOTYPES,
-    ROOT,
     FakeEmbedder,
     FakeJudge,
     fixture_records,
@@ -56,11 +56,6 @@ def pytest_report_header(config: pytest.Config) -> str:
     if folder is None:
         return "trajectories: tests/fixtures only; dev-corpus checks skipped (no --data-dir)"
     return f"trajectories: tests/fixtures and the dev corpus in {folder}"
-
-
-EXPORT_DIR = ROOT / "build" / "test-cache" / "onnx-embedders"
-"""Where every test's service finds the ONNX export of MiniLM (build/ is git-ignored): made
-once per checkout, not once per test's own cache_dir (12 s each, for about 20 tests)."""
 
 
 @pytest.fixture(autouse=True)

@@ -31,6 +31,9 @@ from scribe_service.pipeline.judge import Completion, JudgeError, Messages, Samp
 
 ROOT = Path(__file__).resolve().parents[1]
 PROTOTYPES = ROOT / "prototypes"
+EXPORT_DIR = ROOT / "build" / "test-cache" / "onnx-embedders"
+"""Where every test's service finds the ONNX export of MiniLM (build/ is git-ignored): made
+once per checkout, not once per test's own cache_dir (12 s each, for about 20 tests)."""
 
 RAR_RUBRIC: dict[str, Any] = {
     "criteria": ["Targets the fact the question needs.", "Uses the tool output faithfully."],

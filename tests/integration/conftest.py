@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from scribe_service.bundled import ensure_judge_model
-from scribe_service.pipeline.embed import SentenceTransformerEmbedder
+from scribe_service.pipeline.embed import Embedder, SentenceTransformerEmbedder, make_embedder
 from scribe_service.settings import BUNDLED_EMBEDDER, default_cache_dir
-from support import llama_cpp_server
+from support import EXPORT_DIR, llama_cpp_server
 
 
 @pytest.fixture(scope="session")
@@ -24,6 +24,13 @@ def judge_gguf() -> Path:
 @pytest.fixture(scope="session")
 def minilm() -> SentenceTransformerEmbedder:
     return SentenceTransformerEmbedder(BUNDLED_EMBEDDER)
+
+
+@pytest.fixture(scope="session")
+def minilm_onnx(tmp_path_factory: pytest.TempPathFactory) -> Embedder:
+    """MiniLM as the service runs it by default (ONNX Runtime, fp32), from the shared export."""
+    cache = tmp_path_factory.mktemp("onnx-cache")
+    return make_embedder(BUNDLED_EMBEDDER, backend="onnx", cache_dir=cache, export_dir=EXPORT_DIR)
 
 
 @pytest.fixture(scope="session")
