@@ -8,8 +8,11 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import re
+import shutil
 from collections.abc import Iterator
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -224,6 +227,54 @@ def test_a_check_that_raises_is_skipped_and_counted(
     assert 'scribe_stage_seconds_count{stage="checks"}' in metrics
 
 
+def test_a_prototype_declaring_no_checks_still_gets_the_always_run_ones(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Arithmetic, tool arguments and the reference do not depend on the skill, so a routing
+    slip must not switch them off: here every step goes to a fallback that declares nothing."""
+    library = tmp_path / "library"
+    shutil.copytree(PROTOTYPES, library)
+    fallback = library / "generic_step.toml"
+    text = fallback.read_text()
+    declared = re.search(r"^checks = .*$", text, flags=re.MULTILINE)
+    assert declared is not None
+    fallback.write_text(text.replace(declared.group(0), "checks = []"))
+    settings.prototypes_dir = library
+    with _app_client(settings, FakeJudge(score=3)) as client:
+        assert _library(client).fallback.checks == ()
+        arithmetic = _score(client, {"steps": [{"content": "3*4 = 7"}], "options": FALLBACK})
+        answer = {"steps": [{"content": "So the answer is 7."}], "options": FALLBACK}
+        reference = _score(client, answer | {"reference": "12"})
+        call = {"messages": _weather_call({"city": 5}), "tools": [WEATHER_TOOL]}
+        schema = _score(client, call | {"options": FALLBACK})
+        # `answer_grounded` is not one of them: only a prototype that declares it checks it.
+        grounded = _score(
+            client,
+            {
+                "messages": _weather_call({"city": "Oslo"})
+                + [{"role": "assistant", "content": "<answer>Bergen</answer>"}],
+                "options": FALLBACK,
+            },
+        )
+    assert [step.prototype_id for step in arithmetic.steps] == ["generic_step"]
+    assert _check_findings(arithmetic.steps[0]) == [("arithmetic", "arithmetic_error", 1)]
+    assert _check_findings(reference.steps[0]) == [("reference_answer", "reference_mismatch", 0)]
+    assert _check_findings(schema.steps[0]) == [("tool_arguments", "schema_violation", 1)]
+    assert [_check_findings(step) for step in grounded.steps] == [[], []]
+
+
+def test_step_checks_adds_the_always_run_checks_after_the_declared_ones() -> None:
+    assert checks.step_checks(()) == checks.ALWAYS_RUN
+    assert checks.step_checks(("answer_grounded", "reference_answer")) == (
+        "answer_grounded",
+        "reference_answer",
+        "arithmetic",
+        "tool_arguments",
+    )
+    assert "answer_grounded" not in checks.ALWAYS_RUN
+    assert set(checks.ALWAYS_RUN) <= set(checks.CHECKS)
+
+
 # --- `scribe eval`: the arms apply the same checks through the same rule ---------------------
 
 
@@ -299,3 +350,18 @@ async def test_only_the_ref_arms_check_against_the_reference(library: Library) -
     assert (with_ref.score, with_ref.findings) == (0, ("reference_mismatch",))
     plain = await arms.judge("scribe", item, judge, "verdict")
     assert (plain.score, plain.findings) == (3, ())
+
+
+@pytest.mark.anyio
+async def test_the_arms_run_the_always_run_checks_whatever_the_route(library: Library) -> None:
+    """A final answer routed to a search prototype (it happens on dev HotpotQA) is still held
+    to the reference; a computation routed there still has its arithmetic checked."""
+    prototype = "search_query_formulation"
+    assert not {"arithmetic", "reference_answer"} & set(library.prototypes[prototype].checks)
+    arms = _arms(library)
+    judge = _judge(FakeJudge(score=3))
+    item = _item(library, {"steps": [{"content": "3*4 = 7, so the answer is 7."}]}, prototype)
+    with_ref = await arms.judge("scribe+ref", replace(item, reference="12"), judge, "verdict")
+    assert (with_ref.score, with_ref.findings) == (0, ("arithmetic_error", "reference_mismatch"))
+    plain = await arms.judge("scribe", item, judge, "verdict")
+    assert (plain.score, plain.findings) == (1, ("arithmetic_error",))

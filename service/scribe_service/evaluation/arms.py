@@ -42,6 +42,7 @@ from scribe_service.pipeline.checks import (
     apply_findings,
     check_input,
     run_checks_isolated,
+    step_checks,
 )
 from scribe_service.pipeline.judge import (
     Judge,
@@ -448,12 +449,12 @@ class Arms:
     def check(
         self, arm: ArmName, item: StepItem, prototype: Prototype, reference: str | None = None
     ) -> list[CheckFinding]:
-        """The prototype's checks for the arms that have one (`scribe`, `generic`), as the
-        service runs them; a check that raises is logged and skipped, as in the service."""
-        if arm.split("+")[0] not in CHECKED_ARMS or not prototype.checks:
+        """The checks for the arms that have them (`scribe`, `generic`), as the service runs
+        them (`step_checks`); a check that raises is logged and skipped, as in the service."""
+        if arm.split("+")[0] not in CHECKED_ARMS:
             return []
         inp = check_input(item.segmented, item.step, item.tools, reference)
-        found, errors = run_checks_isolated(prototype.checks, inp)
+        found, errors = run_checks_isolated(step_checks(prototype.checks), inp)
         for name, exc in errors:
             where = f"{item.record_id} step {item.step.index}"
             log.error("check %s failed on %s", name, where, exc_info=exc)

@@ -1,7 +1,8 @@
 """Deterministic checks: pure functions that catch errors a small judge does not see.
 
 A prototype may declare checks by name (`arithmetic`, `tool_arguments`, `answer_grounded`,
-`reference_answer`). Each is a function `(CheckInput) -> list[CheckFinding]` that reads only
+`reference_answer`); all but `answer_grounded` run on every step whatever it declares
+(`ALWAYS_RUN`). Each is a function `(CheckInput) -> list[CheckFinding]` that reads only
 parsed claims: the `expr = value` claims in the step's text, its tool calls, and its final
 answer, set against the request's tool schemas, the evidence and the caller's reference.
 Prose such as "(verified: check passed)" is never read as a verdict, so it cannot change a
@@ -77,6 +78,7 @@ if TYPE_CHECKING:  # verdict.py imports the library, which imports this module's
     from scribe_service.pipeline.verdict import Verdict
 
 __all__ = [
+    "ALWAYS_RUN",
     "CHECKS",
     "ArithmeticClaim",
     "CheckFinding",
@@ -97,6 +99,7 @@ __all__ = [
     "run_checks",
     "stated_answers",
     "run_checks_isolated",
+    "step_checks",
 ]
 
 ARITHMETIC_CAP = 1
@@ -939,6 +942,25 @@ CHECKS: Mapping[str, Check] = {
     "answer_grounded": check_answer_grounded,
     "reference_answer": check_reference_answer,
 }
+
+
+ALWAYS_RUN: tuple[str, ...] = ("arithmetic", "tool_arguments", "reference_answer")
+"""Checks every step gets, whichever prototype it routed to. Each holds the step to a fact
+that does not depend on the skill: arithmetic itself, the request's tool schemas, the caller's
+reference; each is silent without its input (no claim, no call or no `tools`, no reference).
+Declared per prototype they depended on the router: in the perturbation suite a final answer
+routed to a search prototype escaped the reference check (3 of 15 answer swaps on dev
+HotpotQA), and a computation routed to a tool prototype the arithmetic check (2 of 45
+changed results on 300 dev ProcessBench solutions). On steps people labelled correct they
+fire rarely (bench/checks_corpus.py, all checks on every step): arithmetic on 11 of 4,745
+ProcessBench and 0 of 258 HotpotQA steps; tool arguments on 7 of the 258, each a real schema
+break. `answer_grounded` stays declared: a derived (math) answer is in no evidence."""
+
+
+def step_checks(declared: Sequence[str]) -> tuple[str, ...]:
+    """The checks a step routed to a prototype declaring `declared` gets: those, then the
+    `ALWAYS_RUN` ones it did not declare."""
+    return tuple(dict.fromkeys([*declared, *ALWAYS_RUN]))
 
 
 def run_checks(names: Sequence[str], inp: CheckInput) -> list[CheckFinding]:

@@ -12,10 +12,10 @@ a typed `StepError`, and its siblings are judged regardless. The request-wide st
 fails the request with a 500 that names the stage. Steps are judged concurrently;
 the judge's own semaphore is the one global bound on calls in flight.
 
-Before a step is judged, the routed prototype's deterministic checks (`checks.py`, timed as
-stage `checks`) run on it; their findings cap the verdict by `checks.apply_findings`, the rule
-`scribe eval` uses too. A check that raises is a bug in the check, not in the step: it is
-logged, counted (`check_errors`) and skipped.
+Before a step is judged, the routed prototype's deterministic checks and those every step
+gets (`checks.step_checks`, timed as stage `checks`) run on it; their findings cap the
+verdict by `checks.apply_findings`, the rule `scribe eval` uses too. A check that raises is
+a bug in the check, not in the step: it is logged, counted (`check_errors`) and skipped.
 
 With a `JudgmentCache`, a deterministic judge call identical to one judged before (or in flight)
 is not made again (`judgment_cache.py`); the step then says `cached: true`.
@@ -64,6 +64,7 @@ from scribe_service.pipeline.checks import (
     apply_findings,
     check_input,
     run_checks_isolated,
+    step_checks,
 )
 from scribe_service.pipeline.embed import Embedder, Vectors
 from scribe_service.pipeline.judge import Judge, JudgeError, JudgeMode, Messages, Verdict
@@ -394,10 +395,8 @@ class Pipeline:
         tools: Sequence[Mapping[str, Any]] | None,
         reference: str | None,
     ) -> list[CheckFinding]:
-        """The routed prototype's deterministic checks; one that raises is logged and skipped,
-        never a failed step or request."""
-        if not prototype.checks:
-            return []
+        """The deterministic checks for the routed prototype (`step_checks`); one that raises
+        is logged and skipped, never a failed step or request."""
         with self.metrics.stage_seconds.labels("checks").time():
             try:
                 inp = check_input(segmented, step, tools, reference)
@@ -405,7 +404,7 @@ class Pipeline:
                 log.exception("building the check input of step %d failed", step.index)
                 self.check_errors += 1
                 return []
-            findings, errors = run_checks_isolated(prototype.checks, inp)
+            findings, errors = run_checks_isolated(step_checks(prototype.checks), inp)
         for name, exc in errors:
             log.error("check %s failed on step %d", name, step.index, exc_info=exc)
         self.check_errors += len(errors)
