@@ -11,7 +11,8 @@ Kinds:
 * `arithmetic_result` / `arithmetic_operand`: change the result, or one operand, of a correct
   `a op b = c` claim so that it no longer holds.
 * `tool_argument_contradiction`: replace an argument value that the user's text states with a
-  different value of the same type.
+  different value of the same type; failing that, a number or entity the user stated inside a
+  free-text argument (a search query) with another.
 * `tool_argument_schema`: break the tool's schema (wrong type, missing required property, or an
   extra property where `additionalProperties` is false), keeping the JSON valid.
 * `answer_swap`: replace the final answer with another entity (or number) from the evidence.
@@ -304,6 +305,47 @@ def tool_argument_contradiction(
             encoded = json.dumps(new, ensure_ascii=False)
             detail = f"{call.name}.{key}: {args[key]!r} (as the user said) -> {new!r}"
             return _splice("tool_argument_contradiction", raw, (start, end), encoded, detail, index)
+        embedded = _embedded_contradiction(call.name, raw, args, context, others, rng)
+        if embedded is not None:
+            span, replacement, detail = embedded
+            return _splice("tool_argument_contradiction", raw, span, replacement, detail, index)
+    return None
+
+
+def _embedded_contradiction(
+    name: str,
+    raw: str,
+    args: Mapping[str, Any],
+    context: PerturbContext,
+    others: Sequence[str],
+    rng: random.Random,
+) -> tuple[tuple[int, int], str, str] | None:
+    """Inside a free-text argument (a search query, alone or in a list), one number or entity
+    the user stated becomes another: "... founded 1838 ..." -> "... founded 1836 ...". The
+    span is that mention in the raw JSON, so the arguments stay valid JSON of the same shape."""
+    spans = _value_spans(raw)
+    stated = sorted(
+        {*_NUMBER.findall(context.task), *_entities(context.task)}, key=lambda t: (-len(t), t)
+    )
+    found: list[tuple[int, int, str]] = []
+    for key, value in args.items():
+        texts = [value] if isinstance(value, str) else value if isinstance(value, list) else []
+        if not any(isinstance(text, str) for text in texts):
+            continue
+        _, value_start, value_end = spans[key]
+        for mention in stated:
+            inside = json.dumps(mention, ensure_ascii=False)[1:-1]
+            match = re.search(rf"(?<!\w){re.escape(inside)}(?!\w)", raw[value_start:value_end])
+            if match is not None:
+                found.append((value_start + match.start(), value_start + match.end(), mention))
+    rng.shuffle(found)
+    for start, end, mention in found:
+        new = _contradicting(mention, {}, others, rng)
+        if new is None or _normal(str(new)) == _normal(mention):
+            continue
+        replacement = json.dumps(str(new), ensure_ascii=False)[1:-1]
+        detail = f"{name}: {mention!r} (as the user said) -> {new!r} inside a query"
+        return (start, end), replacement, detail
     return None
 
 

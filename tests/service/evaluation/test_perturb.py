@@ -220,6 +220,52 @@ def test_tool_argument_contradiction_can_swap_in_another_entity() -> None:
     assert "Paris" in cities and "Lyon" not in cities
 
 
+SEARCH_TOOL: dict[str, Any] = {
+    "type": "function",
+    "function": {
+        "name": "search",
+        "parameters": {
+            "type": "object",
+            "properties": {"query_list": {"type": "array", "items": {"type": "string"}}},
+            "required": ["query_list"],
+        },
+    },
+}
+QUERY_CONTEXT = PerturbContext(
+    task="Which Australian city founded in 1838 has a school named after a London one?",
+    tools=[SEARCH_TOOL],
+    evidence=["Melbourne was founded in 1835. Adelaide was founded in 1836."],
+)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_tool_argument_contradiction_changes_what_the_user_stated_inside_a_query(
+    seed: int,
+) -> None:
+    """A search query restates the user's facts in free text: one of them becomes another,
+    and the arguments keep their JSON shape."""
+    queries = ["Australian city founded 1838 school", 'school named after "London" school']
+    step = StepContent("", (CheckToolCall("search", json.dumps({"query_list": queries})),))
+    corruption = tool_argument_contradiction(step, QUERY_CONTEXT, seed)
+    assert corruption is not None and corruption.call_index == 0
+    after = json.loads(corruption.corrupted)["query_list"]
+    assert len(after) == len(queries) and all(isinstance(q, str) for q in after)
+    changed = [(b, a) for b, a in zip(queries, after, strict=True) if b != a]
+    assert len(changed) == 1
+    before_words, after_words = changed[0][0].split(), changed[0][1].split()
+    gone = [w.strip('"') for w in before_words if w not in after_words]
+    assert gone and all(word in QUERY_CONTEXT.task for word in gone)
+    # Another value: a changed digit, or another entity of the conversation (the user's own
+    # "Australian" in place of their "London" contradicts them too).
+    assert corruption.replacement not in gone and corruption.replacement in changed[0][1]
+
+
+def test_tool_argument_contradiction_leaves_a_query_without_the_users_facts() -> None:
+    arguments = json.dumps({"query_list": ["boarding schools named after other schools"]})
+    step = StepContent("", (CheckToolCall("search", arguments),))
+    assert tool_argument_contradiction(step, QUERY_CONTEXT, 0) is None
+
+
 def test_a_question_word_is_never_the_swapped_in_entity() -> None:
     step = StepContent("", (CheckToolCall("book_hotel", '{"city": "Lyon", "nights": 3}'),))
     context = PerturbContext(task="Will it be cheaper in Lyon? Which room, please?", tools=[BOOK])
