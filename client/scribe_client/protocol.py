@@ -532,7 +532,9 @@ class PrototypeDetail(PrototypeSummary):
     failure_modes: list[FailureModeInfo]
     exemplars: list[str]
     checks: list[str] = Field(
-        default_factory=list, description="Deterministic checks run on steps routed here."
+        default_factory=list,
+        description="Deterministic checks this prototype declares. Every step also gets "
+        "`arithmetic`, `tool_arguments` and `reference_answer`, whatever its prototype.",
     )
 
 
