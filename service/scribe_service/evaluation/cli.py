@@ -72,6 +72,7 @@ def _run_perturb(args: argparse.Namespace) -> int:
         retry_failed=args.retry_failed,
         concurrency=args.concurrency,
         quiet=args.quiet,
+        reuse=tuple(args.reuse or ()),
     )
     asyncio.run(perturb(options, Settings(**overrides)))
     return 0
@@ -201,5 +202,13 @@ def add_eval_parser(commands: Any) -> None:
     )
     perturb.add_argument(
         "--corruption-seed", type=int, default=0, help="seed of the corruptions and --per-kind"
+    )
+    perturb.add_argument(
+        "--reuse",
+        type=Path,
+        action="append",
+        metavar="DIR",
+        help="an earlier labels or perturb folder of the same judge setup: its judgments of "
+        "the unchanged steps are taken, not made again (repeatable)",
     )
     perturb.set_defaults(run=_run_perturb)

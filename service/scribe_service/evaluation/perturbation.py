@@ -39,6 +39,7 @@ from scribe_service.evaluation.arms import (
     Arms,
     StepItem,
     load_baseline_templates,
+    split_arm,
     templates_digest,
 )
 from scribe_service.evaluation.evaluate import Result
@@ -57,6 +58,7 @@ from scribe_service.evaluation.runner import (
     check_setup,
     judge_setup,
     judgment_key,
+    parse_judgments,
     route_records,
     run_jobs,
 )
@@ -91,6 +93,9 @@ class PerturbOptions:
     retry_failed: bool = False
     concurrency: int | None = None
     quiet: bool = False
+    reuse: tuple[Path, ...] = ()
+    """Earlier `labels` or `perturb` folders whose judgments of unchanged steps this run
+    takes instead of judging them again (`reuse_originals`)."""
 
 
 def parse_kinds(text: str | None) -> list[str]:
@@ -241,6 +246,65 @@ def perturb_jobs(
                 jobs.append(Job(ORIGINAL, arm, pair.original, mode, 0, judge))
             jobs.append(Job(pair.job_kind, arm, pair.corrupted, mode, 0, judge))
     return jobs
+
+
+REUSABLE_KINDS = ("labels", ORIGINAL)
+
+
+def reusable(source: Path, setup: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """The judgments of `source`, an earlier `labels` or `perturb` folder, by key; refused
+    when its judge setup (`run.json`, whatever the command) is not this run's. The folder is
+    only read: a torn last line (a run still writing) is left out."""
+    try:
+        theirs = json.loads((source / "run.json").read_text(encoding="utf-8"))
+        data = (source / "judgments.jsonl").read_bytes()
+    except (OSError, ValueError) as exc:
+        raise EvalError(f"--reuse {source}: not an eval folder ({exc})") from None
+    changed = sorted(k for k in setup if k != "command" and theirs.get(k) != setup[k])
+    if changed:
+        detail = "; ".join(f"{k}: {theirs.get(k)!r}, here {setup[k]!r}" for k in changed)
+        raise EvalError(f"--reuse {source}: judged with another setup ({detail})")
+    return parse_judgments(source / "judgments.jsonl", data)
+
+
+def reuse_originals(
+    jobs: Sequence[Job],
+    judgments: JudgmentLog,
+    source: Path,
+    theirs: Mapping[str, Mapping[str, Any]],
+) -> int:
+    """Copy into `judgments` the judgments `theirs` (`reusable(source)`) holds of the
+    unchanged steps this run judges; returns how many were copied.
+
+    An original step in its own context is what `labels` judges, with the same prompt: with
+    the same judge setup, judging it again only costs time. A copied line must show the same
+    step routed the same way, so a folder made from other data, or with another segmentation
+    or library, gives nothing; only judged (`ok`) lines are taken. The `rar` arms are never
+    copied: their rubric is generated into each folder."""
+    copied = 0
+    for job in jobs:
+        if job.kind != ORIGINAL or split_arm(job.arm)[0] == "rar" or job.key in judgments.lines:
+            continue
+        step, route = job.item.step, job.item.route
+        here = {
+            "message_index": step.message_index,
+            "prototype_id": route.prototype.id,
+            "fallback": route.fallback,
+            "similarity": route.similarity,
+        }
+        for kind in REUSABLE_KINDS:
+            line = theirs.get(
+                judgment_key(kind, job.item.record_id, step.index, job.arm, job.mode, job.repeat)
+            )
+            if (
+                line is not None
+                and line["status"] == "ok"
+                and all(line.get(field) == value for field, value in here.items())
+            ):
+                judgments.append({**line, "kind": ORIGINAL, "reused_from": str(source)})
+                copied += 1
+                break
+    return copied
 
 
 def corruption_line(pair: Pair) -> dict[str, Any]:
@@ -430,6 +494,9 @@ async def perturb(
     )
     if not records:
         raise EvalError(f"{options.data}: no records")
+    for source in options.reuse:  # before the minutes of loading the pipeline
+        if not (source / "run.json").is_file():
+            raise EvalError(f"--reuse {source}: not an eval folder (no run.json)")
     options.out.mkdir(parents=True, exist_ok=True)
     templates = load_baseline_templates(settings.prototypes_dir / "templates")
     if not options.quiet:
@@ -454,6 +521,7 @@ async def perturb(
             settings=settings,
             min_similarity=pipeline.min_similarity,
         )
+        sources = {source: reusable(source, setup) for source in options.reuse}
         check_setup(options.out / "run.json", setup)
         items = await route_records(pipeline, records)
         found = build_pairs(records, items, kinds=options.kinds, seed=options.corruption_seed)
@@ -462,7 +530,10 @@ async def perturb(
         arms = Arms.for_run(options.out, pipeline.library, templates, settings)
         jobs = perturb_jobs(pairs, options.arms, judge, mode)
         judgments = JudgmentLog(options.out / "judgments.jsonl")
+        reused = sum(reuse_originals(jobs, judgments, s, t) for s, t in sources.items())
         if not options.quiet:
+            if options.reuse:
+                out_console.print(f"{reused} judgments of unchanged steps taken from --reuse")
             out_console.print(f"{len(pairs)} corrupted steps ({len(found)} found); judging…")
         made = await run_jobs(
             jobs,
@@ -487,6 +558,7 @@ async def perturb(
         "corruption_seed": options.corruption_seed,
         "per_kind": options.per_kind,
         "judgments_made": made,
+        "judgments_reused": reused,
         "rubric_calls": arms.rubrics.calls,
         "pairs": {
             kind: {

@@ -85,6 +85,22 @@ def line_key(line: Mapping[str, Any]) -> str:
     )
 
 
+def parse_judgments(path: Path, data: bytes) -> dict[str, dict[str, Any]]:
+    """The judgment lines of a `judgments.jsonl`'s bytes by key; a torn last line (a run
+    killed mid-write) is left out."""
+    lines: dict[str, dict[str, Any]] = {}
+    whole = data[: data.rfind(b"\n") + 1]
+    for number, text in enumerate(whole.decode("utf-8").splitlines(), start=1):
+        if not text.strip():
+            continue
+        try:
+            line = json.loads(text)
+            lines[line_key(line)] = line
+        except (ValueError, KeyError) as exc:
+            raise EvalError(f"{path}:{number}: not a judgment line ({exc})") from None
+    return lines
+
+
 class JudgmentLog:
     """The append-only JSONL of judgments, loaded once and appended line by line."""
 
@@ -103,14 +119,7 @@ class JudgmentLog:
             with self.path.open("r+b") as handle:
                 handle.truncate(keep)
             data = data[:keep]
-        for number, text in enumerate(data.decode("utf-8").splitlines(), start=1):
-            if not text.strip():
-                continue
-            try:
-                line = json.loads(text)
-                self.lines[line_key(line)] = line
-            except (ValueError, KeyError) as exc:
-                raise EvalError(f"{self.path}:{number}: not a judgment line ({exc})") from None
+        self.lines = parse_judgments(self.path, data)
 
     def has(self, key: str, retry_failed: bool) -> bool:
         line = self.lines.get(key)

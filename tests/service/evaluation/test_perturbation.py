@@ -16,6 +16,8 @@ import pytest
 from scribe_client.protocol import AssistantMessage
 from scribe_service.cli import main
 from scribe_service.evaluation.arms import StepItem
+from scribe_service.evaluation.evaluate import Options as EvalOptions
+from scribe_service.evaluation.evaluate import evaluate
 from scribe_service.evaluation.perturbation import (
     CORRUPTIONS,
     ORIGINAL,
@@ -30,7 +32,7 @@ from scribe_service.evaluation.perturbation import (
     perturb,
 )
 from scribe_service.evaluation.records import Record, read_records
-from scribe_service.evaluation.runner import judgment_key
+from scribe_service.evaluation.runner import EvalError, judgment_key
 from scribe_service.library import Library
 from scribe_service.pipeline.judge import Completion, Messages, Sampling
 from scribe_service.pipeline.retrieve import Route
@@ -366,3 +368,82 @@ def test_the_command_line_refuses_unknown_kinds(
     assert code == 2
     assert "unknown ['typo']" in capsys.readouterr().out
     assert not (tmp_path / "o").exists()
+
+
+# --- reusing an earlier run's judgments of the unchanged steps ------------------------------
+
+
+async def labels_run(out: Path, settings: Settings, arms: list[str]) -> None:
+    options = EvalOptions(command="labels", data=FIXTURES / "processbench.jsonl", out=out,
+                          arms=arms, n_resamples=50, quiet=True)  # fmt: skip
+    await evaluate(options, settings, embedder=FakeEmbedder(), judge_backend=ArithmeticJudge())
+
+
+@pytest.mark.anyio
+async def test_reuse_takes_the_labels_judgments_of_unchanged_steps(
+    tmp_path: Path, settings: Settings
+) -> None:
+    await labels_run(tmp_path / "labels", settings, ARMS)
+    fresh_judge, judge = ArithmeticJudge(), ArithmeticJudge()
+    fresh = await run(tmp_path / "fresh", settings, fresh_judge)
+    reused = await run(tmp_path / "reused", settings, judge, reuse=(tmp_path / "labels",))
+
+    originals = [x for x in judgment_lines(tmp_path / "fresh") if x["kind"] == ORIGINAL]
+    taken = [x for x in judgment_lines(tmp_path / "reused") if "reused_from" in x]
+    # Every original of every arm but rar, whose rubric each folder generates anew.
+    assert len(taken) == reused.summary["judgments_reused"] == 3 * len(originals) // 4 > 0
+    assert {x["arm"] for x in taken} == {"scribe", "generic", "direct"}
+    assert {x["kind"] for x in taken} == {ORIGINAL}
+    assert {x["reused_from"] for x in taken} == {str(tmp_path / "labels")}
+    assert reused.judgments_made == fresh.judgments_made - len(taken)
+
+    def verdicts(judge: ArithmeticJudge) -> int:
+        return sum(kind == "verdict" for kind, _ in judge.calls)
+
+    assert verdicts(judge) == verdicts(fresh_judge) - len(taken)
+    # The same numbers: the same prompts to the same judge.
+    assert reused.summary["arms"] == fresh.summary["arms"]
+
+
+@pytest.mark.anyio
+async def test_reuse_refuses_another_setup_and_takes_only_the_same_route(
+    tmp_path: Path, settings: Settings
+) -> None:
+    await labels_run(tmp_path / "labels", settings, ["scribe"])
+    logprob = settings.model_copy(update={"judge_mode": "logprob"})
+    with pytest.raises(EvalError, match=r"another setup \(mode: 'verdict', here 'logprob'"):
+        await run(tmp_path / "o", logprob, ArithmeticJudge(), reuse=(tmp_path / "labels",))
+    assert not (tmp_path / "o" / "run.json").exists()  # refused before the folder is claimed
+    with pytest.raises(EvalError, match="not an eval folder"):
+        await run(tmp_path / "o", settings, ArithmeticJudge(), reuse=(tmp_path / "nothing",))
+
+    # A line routed otherwise (another library or embedder) is not the same prompt; a torn
+    # last line (a run still writing) is skipped, and the source folder is left as it was.
+    await run(tmp_path / "fresh", settings, ArithmeticJudge(), arms=["scribe"])
+    first = next(x for x in judgment_lines(tmp_path / "fresh") if x["kind"] == ORIGINAL)
+    path = tmp_path / "labels" / "judgments.jsonl"
+    lines = judgment_lines(tmp_path / "labels")
+    for x in lines:
+        if (x["record_id"], x["step"]) == (first["record_id"], first["step"]):
+            x["prototype_id"] = "elsewhere"
+    text = "".join(json.dumps(x) + "\n" for x in lines) + '{"kind": "labels", "rec'
+    path.write_text(text)
+    result = await run(tmp_path / "o", settings, ArithmeticJudge(), arms=["scribe"],
+                       reuse=(tmp_path / "labels",))  # fmt: skip
+    taken = {(x["record_id"], x["step"]) for x in judgment_lines(tmp_path / "o")
+             if "reused_from" in x}  # fmt: skip
+    originals = {(x["record_id"], x["step"]) for x in judgment_lines(tmp_path / "o")
+                 if x["kind"] == ORIGINAL}  # fmt: skip
+    assert result.summary["judgments_reused"] == len(taken) > 0
+    assert taken == originals - {(first["record_id"], first["step"])}
+    assert path.read_text() == text
+
+
+def test_the_command_line_names_a_reuse_folder_that_is_not_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["eval", "perturb", str(FIXTURES / "processbench.jsonl"), "--out",
+                 str(tmp_path / "o"), "--judge-url", "http://127.0.0.1:9/v1",
+                 "--reuse", str(tmp_path / "none")])  # fmt: skip
+    assert code == 2
+    assert "none" in capsys.readouterr().out
