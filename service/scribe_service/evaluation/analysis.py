@@ -39,13 +39,14 @@ class Unit:
     n_steps: int
     """How many steps the record has."""
 
-    def labelled(self) -> list[tuple[float, int]]:
-        """(reward, human label) of the judged steps that carry a human label."""
+    def labelled(self, reward: Callable[[Line], float] | None = None) -> list[tuple[float, int]]:
+        """(reward, human label) of the judged steps that carry a human label; `reward`
+        reads a line's reward otherwise than as scored (`judge_reward`)."""
         out = []
         for line in self.steps:
             label = self.label(line)
             if line["status"] == "ok" and label is not None:
-                out.append((float(line["reward"]), label))
+                out.append((float(line["reward"]) if reward is None else reward(line), label))
         return out
 
     def label(self, line: Line) -> int | None:
@@ -77,9 +78,25 @@ def _boot(units: Sequence[Unit], statistic: Callable[[Sequence[Unit]], float | N
     return estimate.as_dict()
 
 
-def _pairs(units: Sequence[Unit]) -> tuple[list[float], list[int]]:
-    pairs = [p for u in units for p in u.labelled()]
+def _pairs(
+    units: Sequence[Unit], reward: Callable[[Line], float] | None = None
+) -> tuple[list[float], list[int]]:
+    pairs = [p for u in units for p in u.labelled(reward)]
     return [p[0] for p in pairs], [p[1] for p in pairs]
+
+
+def _step_auroc(reward: Callable[[Line], float] | None) -> Callable[[Sequence[Unit]], float | None]:
+    def statistic(us: Sequence[Unit]) -> float | None:
+        rewards, labels = _pairs(us, reward)
+        return m.auroc(rewards, [label == 1 for label in labels])
+
+    return statistic
+
+
+def _checks_effect(us: Sequence[Unit]) -> float | None:
+    """Step AUROC as scored minus from the judge alone, on the same resample (paired)."""
+    scored, alone = _step_auroc(None)(us), _step_auroc(judge_reward)(us)
+    return None if scored is None or alone is None else scored - alone
 
 
 def _n_labelled(units: Sequence[Unit]) -> int:
@@ -132,15 +149,17 @@ def arm_labels_summary(units: Sequence[Unit], cfg: Config) -> dict[str, Any]:
     }
     metrics: dict[str, Any] = {}
 
-    def step_auroc(us: Sequence[Unit]) -> float | None:
-        rewards, labels = _pairs(us)
-        return m.auroc(rewards, [label == 1 for label in labels])
-
     def rho(us: Sequence[Unit]) -> float | None:
         rewards, labels = _pairs(us)
         return m.spearman(rewards, labels)
 
-    metrics["step_auroc"] = _boot(units, step_auroc, _n_labelled, cfg)
+    metrics["step_auroc"] = _boot(units, _step_auroc(None), _n_labelled, cfg)
+    # What the deterministic checks did to agreement with the labels: the same judgments
+    # before their caps, and the paired difference (0 where no check fired).
+    out["judge_alone"] = {
+        "step_auroc": _boot(units, _step_auroc(judge_reward), _n_labelled, cfg),
+        "checks_effect": _boot(units, _checks_effect, _n_labelled, cfg),
+    }
     metrics["spearman"] = _boot(units, rho, _n_labelled, cfg)
     cuts = m.fit_cut_points(*_pairs(fit))
     # An infinite cut point means an empty class; JSON has no infinity, so it is null.

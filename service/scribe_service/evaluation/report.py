@@ -146,6 +146,13 @@ def _labels_sections(summary: Mapping[str, Any]) -> list[str]:
             f"{data.get('capped_by_check', 0)} capped by a deterministic check; cut points "
             f"{data['cut_points']}, first-error threshold {data['first_error_threshold']}"
         )
+        alone = data.get("judge_alone")
+        if alone and data.get("capped_by_check"):
+            parts.append(
+                f"  - step AUROC from the judge alone (before the checks' caps) "
+                f"{fmt(alone['step_auroc'])}; the checks' effect (paired) "
+                f"{fmt(alone['checks_effect'])}"
+            )
     parts += ["", "## Per prototype (routed), agreement on the reported split", ""]
     rows = [["prototype", *(f"{arm}: agreement (n)" for arm in summary["arms"]),
              "count", "mean score by label -1 / 0 / +1 (scribe)"]]  # fmt: skip
