@@ -149,24 +149,27 @@ def test_score_with_the_embedded_judge(embedded_client: TestClient) -> None:
 def test_a_wrong_multiplication_scores_below_its_correct_twin(embedded_client: TestClient) -> None:
     """The issue's first example, on the bundled judge and the real router: the judge gave
     `3*4 = 7` a 3, as it gives `3*4 = 12`; the arithmetic check must make the difference.
-    Both trajectories must be judged: a failed step would score nothing and prove nothing."""
+    Logprob mode, as the issue measures (and one token a step instead of a verdict). Both
+    trajectories must be judged: a failed step would score nothing and prove nothing."""
     scored = []
     for value in (7, 12):
         payload = {
             "prompt": "What is 3*4?",
             "completion": f"Step 1: 3*4 = {value}.\nStep 2: The answer is {value}.",
+            "options": {"judge_mode": "logprob"},
         }
         response = embedded_client.post("/v1/score", json=payload)
         assert response.status_code == 200, response.text
         result = ScoreResponse.model_validate(response.json())
-        _check_scored(result, 2)
+        assert [s.status for s in result.steps] == ["ok", "ok"], response.text
+        assert all(s.expected_score is not None for s in result.steps)
         scored.append(result)
     wrong, right = scored
     assert [(f.check, f.failure_mode) for f in wrong.steps[0].findings if f.source == "check"] == [
         ("arithmetic", "arithmetic_error")
     ]
     assert all(f.source != "check" for step in right.steps for f in step.findings)
-    assert wrong.steps[0].score < right.steps[0].score
+    assert wrong.steps[0].reward < right.steps[0].reward  # type: ignore[operator]
     assert wrong.process_reward < right.process_reward  # type: ignore[operator]
 
 
