@@ -156,11 +156,13 @@ def perturb_command(url: str, out: Path) -> list[str]:
     ]  # fmt: skip
 
 
-async def rerun_perturb(url: str, out: Path, tmp_path: Path) -> tuple[Result, int]:
+async def rerun_perturb(
+    url: str, out: Path, tmp_path: Path, reuse: tuple[Path, ...] = ()
+) -> tuple[Result, int]:
     judge = CountingJudge(url)
     options = PerturbOptions(
         data=PERTURB_FIXTURE, out=out, arms=list(PERTURB_ARMS), kinds=list(KINDS),
-        per_kind=PER_KIND, n_resamples=20, concurrency=1, quiet=True,
+        per_kind=PER_KIND, n_resamples=20, concurrency=1, quiet=True, reuse=reuse,
     )  # fmt: skip
     logprob = settings(url, tmp_path).model_copy(
         update={"judge_mode": "logprob", "judge_min_score_mass": MIN_SCORE_MASS}
@@ -246,3 +248,10 @@ async def test_perturb_report_checks_cap_the_twins_and_a_rerun_is_free(
     assert again.judgments_made == 0
     assert again.summary["arms"] == summary["arms"]
     assert len(jsonl(out / "judgments.jsonl")) == len(judgments)
+
+    # A new folder that reuses this one judges the twins only: every original is taken.
+    fresh, calls = await rerun_perturb(small_judge_url, tmp_path / "reused", tmp_path, (out,))
+    assert fresh.summary["judgments_reused"] == len(PERTURB_ARMS) * len(originals)
+    assert calls == fresh.judgments_made == len(PERTURB_ARMS) * len(corruptions)
+    taken = [j for j in jsonl(tmp_path / "reused" / "judgments.jsonl") if "reused_from" in j]
+    assert {(j["record_id"], j["step"]) for j in taken} == originals
