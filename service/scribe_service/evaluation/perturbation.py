@@ -251,36 +251,42 @@ def perturb_jobs(
 REUSABLE_KINDS = ("labels", ORIGINAL)
 
 
-def reusable(source: Path, setup: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    """The judgments of `source`, an earlier `labels` or `perturb` folder, by key; refused
-    when its judge setup (`run.json`, whatever the command) is not this run's. The folder is
-    only read: a torn last line (a run still writing) is left out."""
+@dataclass(frozen=True)
+class ReuseSource:
+    """An earlier `labels` or `perturb` folder, read once: its judge setup and judgments."""
+
+    path: Path
+    setup: dict[str, Any]
+    lines: dict[str, dict[str, Any]]
+
+
+def read_reuse_source(path: Path) -> ReuseSource:
+    """`path` read, never written: a torn last line (a run still writing) is left out."""
     try:
-        theirs = json.loads((source / "run.json").read_text(encoding="utf-8"))
-        data = (source / "judgments.jsonl").read_bytes()
+        setup = json.loads((path / "run.json").read_text(encoding="utf-8"))
+        data = (path / "judgments.jsonl").read_bytes()
     except (OSError, ValueError) as exc:
-        raise EvalError(f"--reuse {source}: not an eval folder ({exc})") from None
-    changed = sorted(k for k in setup if k != "command" and theirs.get(k) != setup[k])
+        raise EvalError(f"--reuse {path}: not an eval folder ({exc})") from None
+    return ReuseSource(path, setup, parse_judgments(path / "judgments.jsonl", data))
+
+
+def check_reusable(source: ReuseSource, setup: Mapping[str, Any]) -> None:
+    """Refuse a source judged with another setup than this run's (whatever the command)."""
+    changed = sorted(k for k in setup if k != "command" and source.setup.get(k) != setup[k])
     if changed:
-        detail = "; ".join(f"{k}: {theirs.get(k)!r}, here {setup[k]!r}" for k in changed)
-        raise EvalError(f"--reuse {source}: judged with another setup ({detail})")
-    return parse_judgments(source / "judgments.jsonl", data)
+        detail = "; ".join(f"{k}: {source.setup.get(k)!r}, here {setup[k]!r}" for k in changed)
+        raise EvalError(f"--reuse {source.path}: judged with another setup ({detail})")
 
 
-def reuse_originals(
-    jobs: Sequence[Job],
-    judgments: JudgmentLog,
-    source: Path,
-    theirs: Mapping[str, Mapping[str, Any]],
-) -> int:
-    """Copy into `judgments` the judgments `theirs` (`reusable(source)`) holds of the
-    unchanged steps this run judges; returns how many were copied.
+def reuse_originals(jobs: Sequence[Job], judgments: JudgmentLog, source: ReuseSource) -> int:
+    """Copy into `judgments` the judgments `source` holds of the unchanged steps this run
+    judges; returns how many were copied.
 
     An original step in its own context is what `labels` judges, with the same prompt: with
-    the same judge setup, judging it again only costs time. A copied line must show the same
-    step routed the same way, so a folder made from other data, or with another segmentation
-    or library, gives nothing; only judged (`ok`) lines are taken. The `rar` arms are never
-    copied: their rubric is generated into each folder."""
+    the same judge setup (`check_reusable`), judging it again only costs time. A copied line
+    must show the same step routed the same way, so a folder made from other data, or with
+    another segmentation or library, gives nothing; only judged (`ok`) lines are taken. The
+    `rar` arms are never copied: their rubric is generated into each folder."""
     copied = 0
     for job in jobs:
         if job.kind != ORIGINAL or split_arm(job.arm)[0] == "rar" or job.key in judgments.lines:
@@ -293,7 +299,7 @@ def reuse_originals(
             "similarity": route.similarity,
         }
         for kind in REUSABLE_KINDS:
-            line = theirs.get(
+            line = source.lines.get(
                 judgment_key(kind, job.item.record_id, step.index, job.arm, job.mode, job.repeat)
             )
             if (
@@ -301,7 +307,7 @@ def reuse_originals(
                 and line["status"] == "ok"
                 and all(line.get(field) == value for field, value in here.items())
             ):
-                judgments.append({**line, "kind": ORIGINAL, "reused_from": str(source)})
+                judgments.append({**line, "kind": ORIGINAL, "reused_from": str(source.path)})
                 copied += 1
                 break
     return copied
@@ -494,9 +500,7 @@ async def perturb(
     )
     if not records:
         raise EvalError(f"{options.data}: no records")
-    for source in options.reuse:  # before the minutes of loading the pipeline
-        if not (source / "run.json").is_file():
-            raise EvalError(f"--reuse {source}: not an eval folder (no run.json)")
+    sources = [read_reuse_source(path) for path in options.reuse]  # before loading models
     options.out.mkdir(parents=True, exist_ok=True)
     templates = load_baseline_templates(settings.prototypes_dir / "templates")
     if not options.quiet:
@@ -521,7 +525,8 @@ async def perturb(
             settings=settings,
             min_similarity=pipeline.min_similarity,
         )
-        sources = {source: reusable(source, setup) for source in options.reuse}
+        for source in sources:
+            check_reusable(source, setup)
         check_setup(options.out / "run.json", setup)
         items = await route_records(pipeline, records)
         found = build_pairs(records, items, kinds=options.kinds, seed=options.corruption_seed)
@@ -530,7 +535,7 @@ async def perturb(
         arms = Arms.for_run(options.out, pipeline.library, templates, settings)
         jobs = perturb_jobs(pairs, options.arms, judge, mode)
         judgments = JudgmentLog(options.out / "judgments.jsonl")
-        reused = sum(reuse_originals(jobs, judgments, s, t) for s, t in sources.items())
+        reused = sum(reuse_originals(jobs, judgments, source) for source in sources)
         if not options.quiet:
             if options.reuse:
                 out_console.print(f"{reused} judgments of unchanged steps taken from --reuse")
